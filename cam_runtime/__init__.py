@@ -1,0 +1,35 @@
+"""cam-runtime: class activation maps for Keras CNNs exported to ONNX, without TensorFlow."""
+
+from __future__ import annotations
+
+from .boxes import Box, boxes_from_map
+from .engine import CamEngine
+from .errors import CamError, ImageError, ModelLoadingError
+from .imaging import load_image
+from .manifest import Manifest, read_manifest
+from .methods import METHODS, get_method
+from .model_folder import ModelFolder, imagenet_labels
+from .results import ExplainResult, ImageFailure, Prediction, TargetMap
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "Box",
+    "CamEngine",
+    "CamError",
+    "ExplainResult",
+    "ImageError",
+    "ImageFailure",
+    "Manifest",
+    "ModelFolder",
+    "ModelLoadingError",
+    "Prediction",
+    "TargetMap",
+    "__version__",
+    "boxes_from_map",
+    "get_method",
+    "imagenet_labels",
+    "load_image",
+    "read_manifest",
+]

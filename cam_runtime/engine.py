@@ -1,0 +1,366 @@
+"""CamEngine: a verified model folder, one onnxruntime session, and the explain pipeline."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import numpy.typing as npt
+
+from .boxes import DEFAULT_THRESHOLD, boxes_from_map
+from .errors import CamError, GraphMismatchError, InvalidArgumentError, UnknownClassError
+from .imaging import (
+    DEFAULT_MAX_PIXELS,
+    AlphaMode,
+    ChannelOrder,
+    DecodedImage,
+    ImageInput,
+    describe_source,
+    load_image,
+)
+from .maps import heatmap_at
+from .methods import CamMethod, HeadInputs, ScoreCAM, get_method
+from .model_folder import ModelFolder
+from .preprocess import Preprocessor
+from .providers import import_onnxruntime, resolve_providers, warn_on_fallback
+from .results import ExplainResult, ImageFailure, Prediction, TargetMap
+
+ClassSpec = Union[int, str]
+Targets = Union[None, ClassSpec, Sequence[ClassSpec], Sequence[Sequence[ClassSpec]]]
+"""None (top-k), one class, classes for every image, or one list of classes per image."""
+
+
+def default_threads() -> int:
+    """The cores this process may use (affinity-aware)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class CamEngine:
+    """Explains images with a model folder; thread-safe (onnxruntime sessions allow concurrent ``run``)."""
+
+    def __init__(self, folder: ModelFolder, session: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 resize: str | None = None) -> None:
+        self.folder = folder
+        self.manifest = folder.manifest
+        self.session = session
+        self.max_pixels = max_pixels
+        self.preprocessor = Preprocessor(self.manifest.input, self.manifest.preprocess, resize)
+        self._output_names = [self.manifest.outputs.probabilities, self.manifest.outputs.features]
+        self._label_index: dict[str, list[int]] = {}
+        for i, label in enumerate(folder.labels):
+            self._label_index.setdefault(label.lower(), []).append(i)
+        self._validate_graph()
+
+    # --- construction ------------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str = "auto", threads: int | None = None,
+             verify_checksums: bool = True, warmup: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS,
+             resize: str | None = None, cuda_options: dict[str, Any] | None = None) -> CamEngine:
+        """Verify a model folder and create its session on ``device`` ("auto", "cpu" or "cuda").
+
+        ``threads`` bounds onnxruntime's intra-op threads (default: the cores this process may use).
+        ``resize`` overrides the manifest's resize mode (e.g. "area" for better quality than Keras' nearest).
+        """
+        if threads is not None and threads < 1:
+            raise InvalidArgumentError(f"threads must be ≥ 1, got {threads}")
+        folder = ModelFolder.load(path, verify_checksums=verify_checksums)
+        ort = import_onnxruntime()
+        providers = resolve_providers(device, cuda_options)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or default_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(str(folder.model_path), sess_options=options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
+            raise GraphMismatchError(f"onnxruntime cannot load {folder.model_path.name}: "
+                                     f"{str(exc).strip().splitlines()[0][:300]}") from None
+        warn_on_fallback(providers, session.get_providers())
+        engine = cls(folder, session, max_pixels=max_pixels, resize=resize)
+        if warmup:
+            engine.warmup()
+        return engine
+
+    def _validate_graph(self) -> None:
+        inputs = self.session.get_inputs()
+        spec = self.manifest.input
+        if len(inputs) != 1 or inputs[0].name != spec.name:
+            raise GraphMismatchError(f"expected one input named {spec.name!r}, graph has {[i.name for i in inputs]}")
+        shape = inputs[0].shape
+        expected = (3, spec.height, spec.width) if spec.layout == "NCHW" else (spec.height, spec.width, 3)
+        if len(shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(shape[1:], expected, strict=True)):
+            raise GraphMismatchError(f"input {spec.name!r} has shape {shape}, manifest implies [N, "
+                                     f"{', '.join(map(str, expected))}] ({spec.layout})")
+        outputs = {o.name: o.shape for o in self.session.get_outputs()}
+        for name in self._output_names:
+            if name not in outputs:
+                raise GraphMismatchError(f"output {name!r} missing; graph outputs are {sorted(outputs)}")
+        probs_shape = outputs[self.manifest.outputs.probabilities]
+        if len(probs_shape) != 2 or (isinstance(probs_shape[1], int) and probs_shape[1] != self.manifest.num_classes):
+            raise GraphMismatchError(f"probabilities output has shape {probs_shape}, expected [N, "
+                                     f"{self.manifest.num_classes}]")
+        feat_shape = outputs[self.manifest.outputs.features]
+        channel_axis = 1 if self.manifest.outputs.features_layout == "NCHW" else 3
+        if len(feat_shape) != 4 or (isinstance(feat_shape[channel_axis], int)
+                                    and feat_shape[channel_axis] != self.folder.num_channels):
+            raise GraphMismatchError(f"features output has shape {feat_shape}, expected 4-D with "
+                                     f"{self.folder.num_channels} channels (the rows of the dense weights)")
+
+    def warmup(self) -> None:
+        """One run on a zero batch, so the first real image does not pay for lazy initialisation."""
+        self.run(np.zeros((1, *self._input_shape()), dtype=np.float32))
+
+    def _input_shape(self) -> tuple[int, int, int]:
+        spec = self.manifest.input
+        return (3, spec.height, spec.width) if spec.layout == "NCHW" else (spec.height, spec.width, 3)
+
+    # --- properties ------------------------------------------------------------------------------------
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Class labels (ids as text when the folder has no labels file)."""
+        return self.folder.labels
+
+    @property
+    def num_classes(self) -> int:
+        """K."""
+        return self.manifest.num_classes
+
+    @property
+    def providers(self) -> list[str]:
+        """The providers the session actually runs on, preferred first."""
+        return list(self.session.get_providers())
+
+    # --- inference -----------------------------------------------------------------------------------------
+
+    def run(self, batch: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Model on a preprocessed batch → (probabilities [N, K], features [N, h, w, C] in NHWC)."""
+        probs, features = self.session.run(self._output_names, {self.manifest.input.name: batch})
+        if self.manifest.outputs.features_layout == "NCHW":
+            features = features.transpose(0, 2, 3, 1)
+        return (np.asarray(probs, dtype=np.float32),
+                np.ascontiguousarray(features, dtype=np.float32))
+
+    def predict_probabilities(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Probabilities only, for forward-only methods and metrics (masked passes, deletion curves)."""
+        (probs,) = self.session.run([self.manifest.outputs.probabilities], {self.manifest.input.name: batch})
+        return np.asarray(probs, dtype=np.float32)
+
+    def load_image(self, image: ImageInput, *, source: str | None = None, alpha: AlphaMode = "drop",
+                   array_order: ChannelOrder = "RGB") -> DecodedImage:
+        """Decode one input with this engine's pixel limit."""
+        return load_image(image, source=source, max_pixels=self.max_pixels, alpha=alpha, array_order=array_order)
+
+    # --- targets -----------------------------------------------------------------------------------------
+
+    def class_id(self, target: ClassSpec) -> int:
+        """A class id from an id or a label (case-insensitive); ambiguous labels must be given by id."""
+        if isinstance(target, bool):
+            raise UnknownClassError(target, "expected an int id or a label")
+        if isinstance(target, int | np.integer):
+            if not 0 <= int(target) < self.num_classes:
+                raise UnknownClassError(target, f"id must be in [0, {self.num_classes - 1}]")
+            return int(target)
+        if isinstance(target, str):
+            if target.strip().lstrip("-").isdigit():
+                return self.class_id(int(target))
+            ids = self._label_index.get(target.strip().lower())
+            if not ids:
+                raise UnknownClassError(target, "no such label")
+            if len(ids) > 1:
+                raise UnknownClassError(target, f"label is ambiguous (ids {ids}); give the id instead")
+            return ids[0]
+        raise UnknownClassError(target, "expected an int id or a label")
+
+    def resolve_targets(self, probabilities: npt.NDArray[np.float32], classes: Targets, top_k: int,
+                        offset: int = 0, total: int | None = None) -> npt.NDArray[np.intp]:
+        """Target class ids [N, T]: top-k by probability, or the given classes (shared or per image)."""
+        n = probabilities.shape[0]
+        if classes is None:
+            if not 1 <= top_k <= self.num_classes:
+                raise InvalidArgumentError(f"top_k must be in [1, {self.num_classes}], got {top_k}")
+            return np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
+        if isinstance(classes, int | str | np.integer):
+            return np.full((n, 1), self.class_id(classes), dtype=np.intp)
+        items = list(classes)
+        if items and all(isinstance(c, list | tuple) for c in items):
+            expected = total if total is not None else n
+            if len(items) != expected:
+                raise InvalidArgumentError(f"per-image classes: got {len(items)} lists for {expected} images")
+            rows = [[self.class_id(c) for c in row] for row in items[offset:offset + n]]
+            if len({len(r) for r in rows}) > 1 or any(not r for r in rows):
+                raise InvalidArgumentError("per-image class lists must all have the same, non-zero length")
+            return np.asarray(rows, dtype=np.intp).reshape(n, -1)
+        if not items:
+            raise InvalidArgumentError("classes must not be empty")
+        ids = [self.class_id(c) for c in items]  # type: ignore[arg-type]
+        return np.tile(np.asarray(ids, dtype=np.intp), (n, 1))
+
+    # --- explain -------------------------------------------------------------------------------------------
+
+    def explain(self, images: ImageInput | Sequence[ImageInput], *, method: str | CamMethod = "cam",
+                top_k: int = 1, classes: Targets = None, batch_size: int = 16,
+                box_threshold: float = DEFAULT_THRESHOLD, all_boxes: bool = False, score: str = "logit",
+                alpha_mode: AlphaMode = "drop", array_order: ChannelOrder = "RGB",
+                **method_options: Any) -> list[ExplainResult]:
+        """Explain one or several images; raises the first input error (see :meth:`iter_explain` to go on)."""
+        single = isinstance(images, str | Path | bytes | bytearray | memoryview | np.ndarray)
+        inputs: list[ImageInput] = [images] if single else list(images)  # type: ignore[list-item]
+        results = []
+        for item in self._explain_stream(inputs, method=method, top_k=top_k, classes=classes,
+                                         batch_size=batch_size, box_threshold=box_threshold,
+                                         all_boxes=all_boxes, score=score, alpha_mode=alpha_mode,
+                                         array_order=array_order, raise_errors=True, total=len(inputs),
+                                         prefetch=False, method_options=method_options):
+            assert isinstance(item, ExplainResult)
+            results.append(item)
+        return results
+
+    def iter_explain(self, images: Iterable[ImageInput], *, method: str | CamMethod = "cam", top_k: int = 1,
+                     classes: Targets = None, batch_size: int = 16, box_threshold: float = DEFAULT_THRESHOLD,
+                     all_boxes: bool = False, score: str = "logit", alpha_mode: AlphaMode = "drop",
+                     array_order: ChannelOrder = "RGB", prefetch: bool = True,
+                     **method_options: Any) -> Iterator[ExplainResult | ImageFailure]:
+        """Stream results in input order, one batch in memory at a time; bad inputs yield ImageFailure.
+
+        With ``prefetch`` the next batch is decoded on a worker thread while the current one runs.
+        """
+        yield from self._explain_stream(images, method=method, top_k=top_k, classes=classes,
+                                        batch_size=batch_size, box_threshold=box_threshold, all_boxes=all_boxes,
+                                        score=score, alpha_mode=alpha_mode, array_order=array_order,
+                                        raise_errors=False, total=None, prefetch=prefetch,
+                                        method_options=method_options)
+
+    def _explain_stream(self, images: Iterable[ImageInput], *, method: str | CamMethod, top_k: int,
+                        classes: Targets, batch_size: int, box_threshold: float, all_boxes: bool, score: str,
+                        alpha_mode: AlphaMode, array_order: ChannelOrder, raise_errors: bool,
+                        total: int | None, prefetch: bool,
+                        method_options: dict[str, Any]) -> Iterator[ExplainResult | ImageFailure]:
+        if batch_size < 1:
+            raise InvalidArgumentError(f"batch_size must be ≥ 1, got {batch_size}")
+        options = dict(method_options)
+        if score != "logit":
+            options["score"] = score
+        cam_method = get_method(method, **options)
+        if classes is None and not 1 <= top_k <= self.num_classes:
+            raise InvalidArgumentError(f"top_k must be in [1, {self.num_classes}], got {top_k}")
+        if _is_per_image(classes):  # validate every label up front, before any image is decoded
+            rows = list(classes)  # type: ignore[arg-type]
+            if total is not None and len(rows) != total:
+                raise InvalidArgumentError(f"per-image classes: got {len(rows)} lists for {total} images")
+            for row in rows:
+                [self.class_id(c) for c in row]
+        elif classes is not None:
+            self.resolve_targets(np.zeros((1, self.num_classes), np.float32), classes, top_k)
+        batches = _chunks(enumerate(images), batch_size)
+        decode = self._decode_batch
+        offset = 0
+        if prefetch:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cam-decode") as pool:
+                pending: Future[Any] | None = None
+                for chunk in batches:
+                    future = pool.submit(decode, chunk, alpha_mode, array_order, raise_errors)
+                    if pending is not None:
+                        yield from self._finish_batch(pending.result(), cam_method, top_k, classes, box_threshold,
+                                                      all_boxes, offset, total)
+                        offset += len(pending.result())
+                    pending = future
+                if pending is not None:
+                    yield from self._finish_batch(pending.result(), cam_method, top_k, classes, box_threshold,
+                                                  all_boxes, offset, total)
+        else:
+            for chunk in batches:
+                decoded = decode(chunk, alpha_mode, array_order, raise_errors)
+                yield from self._finish_batch(decoded, cam_method, top_k, classes, box_threshold, all_boxes,
+                                              offset, total)
+                offset += len(decoded)
+
+    def _decode_batch(self, chunk: list[tuple[int, ImageInput]], alpha_mode: AlphaMode,
+                      array_order: ChannelOrder, raise_errors: bool) -> list[Any]:
+        out: list[Any] = []
+        for index, image in chunk:
+            source = describe_source(image, index)
+            start = time.perf_counter()
+            try:
+                decoded = self.load_image(image, source=source, alpha=alpha_mode, array_order=array_order)
+                mid = time.perf_counter()
+                tensor = self.preprocessor.tensor(decoded.bgr)
+            except CamError as exc:
+                if raise_errors:
+                    raise
+                out.append(ImageFailure(source, str(exc), type(exc).__name__))
+                continue
+            end = time.perf_counter()
+            out.append((decoded, tensor, {"decode": (mid - start) * 1e3, "preprocess": (end - mid) * 1e3}))
+        return out
+
+    def _finish_batch(self, decoded: list[Any], cam_method: CamMethod, top_k: int, classes: Targets,
+                      box_threshold: float, all_boxes: bool, offset: int,
+                      total: int | None) -> Iterator[ExplainResult | ImageFailure]:
+        good = [d for d in decoded if not isinstance(d, ImageFailure)]
+        outputs: dict[int, ExplainResult] = {}
+        if good:
+            batch = np.stack([t for _, t, _ in good])
+            start = time.perf_counter()
+            probs, features = self.run(batch)
+            infer_ms = (time.perf_counter() - start) * 1e3 / len(good)
+            good_positions = [i for i, d in enumerate(decoded) if not isinstance(d, ImageFailure)]
+            per_image_classes = classes
+            if _is_per_image(classes):
+                all_rows = list(classes)  # type: ignore[arg-type]
+                per_image_classes = [all_rows[offset + i] for i in good_positions]
+            targets = self.resolve_targets(probs, per_image_classes, top_k, total=len(good_positions)
+                                           if _is_per_image(classes) else None)
+            start = time.perf_counter()
+            head = HeadInputs(features, probs, self.folder.weights, targets)
+            if isinstance(cam_method, ScoreCAM):
+                cam_method.bind(batch, self.manifest.input.layout, self.predict_probabilities)
+            raw_maps = cam_method.maps(head)
+            shared_ms = (time.perf_counter() - start) * 1e3 / len(good)
+            k_shown = max(top_k, targets.shape[1])
+            order = np.argsort(-probs, axis=1, kind="stable")[:, :k_shown]
+            for row, (position, (image, _, timings)) in enumerate(zip(good_positions, good, strict=True)):
+                start = time.perf_counter()
+                target_maps = []
+                for t, class_id in enumerate(targets[row]):
+                    heatmap = heatmap_at(raw_maps[row, t], image.height, image.width)
+                    target_maps.append(TargetMap(
+                        class_id=int(class_id), label=self.labels[class_id], probability=float(probs[row, class_id]),
+                        raw=raw_maps[row, t], heatmap=heatmap,
+                        boxes=boxes_from_map(heatmap, box_threshold, all_boxes)))
+                maps_ms = shared_ms + (time.perf_counter() - start) * 1e3
+                top = [Prediction(int(c), self.labels[c], float(probs[row, c])) for c in order[row, :top_k]]
+                outputs[position] = ExplainResult(
+                    source=image.source, image=image, method=cam_method.name, top_k=top, targets=target_maps,
+                    timings_ms={**timings, "inference": infer_ms, "maps": maps_ms})
+        for position, item in enumerate(decoded):
+            yield item if isinstance(item, ImageFailure) else outputs[position]
+
+
+def _is_per_image(classes: Targets) -> bool:
+    if classes is None or isinstance(classes, int | str | np.integer):
+        return False
+    items = list(classes)  # type: ignore[arg-type]
+    return bool(items) and all(isinstance(c, list | tuple) for c in items)
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+

@@ -1,0 +1,191 @@
+"""Exception hierarchy: one class per failure, each also inheriting the matching builtin."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+
+class CamError(Exception):
+    """Base class of every error cam-runtime raises on purpose."""
+
+
+# --- model folders -------------------------------------------------------------------------------
+
+
+class ModelLoadingError(CamError):
+    """A model folder could not be loaded."""
+
+
+class ModelFolderNotFoundError(ModelLoadingError, FileNotFoundError):
+    """The model folder does not exist."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(f"model folder not found: {path}")
+
+
+class ModelFileNotFoundError(ModelLoadingError, FileNotFoundError):
+    """A file the manifest names is missing."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(f"model file not found: {path}")
+
+
+class ManifestError(ModelLoadingError, ValueError):
+    """manifest.json is missing, unreadable or does not follow the format."""
+
+    def __init__(self, manifest_path: str | Path, problem: str) -> None:
+        super().__init__(f"invalid manifest {manifest_path}: {problem}")
+
+
+class UnsupportedFormatError(ModelLoadingError, ValueError):
+    """The folder is not a cam-model folder or its format version is unknown."""
+
+    def __init__(self, found: object, supported: Iterable[object]) -> None:
+        supported_text = ", ".join(str(s) for s in supported)
+        super().__init__(f"unsupported model format {found!r} (this runtime reads: {supported_text})")
+
+
+class ChecksumMismatchError(ModelLoadingError, ValueError):
+    """A model file's sha256 differs from the manifest (tampered or corrupted)."""
+
+    def __init__(self, path: str | Path, expected: str, actual: str) -> None:
+        super().__init__(
+            f"checksum mismatch for {path}: manifest says sha256 {expected[:12]}…, file has {actual[:12]}…"
+            " (file corrupted or tampered with; re-export or re-copy the model folder)"
+        )
+
+
+class UnsafePathError(ModelLoadingError, ValueError):
+    """A path in the manifest points outside the model folder."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"manifest file path {name!r} points outside the model folder; refused")
+
+
+class WeightsError(ModelLoadingError, ValueError):
+    """The dense weights, bias or labels do not fit the manifest or the ONNX graph."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"invalid model weights: {problem}")
+
+
+class GraphMismatchError(ModelLoadingError, ValueError):
+    """The ONNX graph's inputs or outputs do not match the manifest."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"ONNX graph does not match the manifest: {problem}")
+
+
+# --- execution providers ---------------------------------------------------------------------------
+
+
+class ProviderError(CamError, RuntimeError):
+    """An execution provider problem."""
+
+
+class ProviderNotAvailableError(ProviderError):
+    """An explicitly requested execution provider is not available."""
+
+    def __init__(self, requested: str, available: Iterable[str]) -> None:
+        available_text = ", ".join(available) or "none"
+        super().__init__(
+            f"execution provider for device {requested!r} is not available; available providers: "
+            f"{available_text} (for CUDA install cam-runtime[gpu] instead of cam-runtime[cpu])"
+        )
+
+
+class OnnxRuntimeMissingError(ProviderError, ImportError):
+    """onnxruntime is not installed."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "onnxruntime is not installed; install exactly one of: pip install 'cam-runtime[cpu]' "
+            "or pip install 'cam-runtime[gpu]'"
+        )
+
+
+# --- images ------------------------------------------------------------------------------------------
+
+
+class ImageError(CamError, ValueError):
+    """An input image could not be used."""
+
+
+class ImageNotFoundError(ImageError, FileNotFoundError):
+    """The image file does not exist."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(f"image not found: {path}")
+
+
+class ImageReadError(ImageError, OSError):
+    """The image file exists but cannot be read."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"cannot read image {path}: {reason}")
+
+
+class ImageDecodeError(ImageError):
+    """The bytes are not a decodable image (empty, truncated, corrupt or not an image)."""
+
+    def __init__(self, source: str, reason: str = "not a decodable image") -> None:
+        super().__init__(f"cannot decode image {source}: {reason}")
+
+
+class ImageTooLargeError(ImageError):
+    """The image header declares more pixels than the configured limit (decompression bomb guard)."""
+
+    def __init__(self, source: str, width: int, height: int, limit: int) -> None:
+        super().__init__(
+            f"image {source} is {width}x{height} = {width * height} pixels, above the limit of {limit} "
+            "(raise max_pixels / --max-pixels to allow it)"
+        )
+
+
+class InvalidImageArrayError(ImageError, TypeError):
+    """An in-memory image array has an unsupported shape or dtype."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: object) -> None:
+        super().__init__(
+            f"unsupported image array of shape {shape} and dtype {dtype}; expected HxW, HxWx1, HxWx3 or "
+            "HxWx4 of uint8, uint16 or float in [0, 1]"
+        )
+
+
+# --- arguments -----------------------------------------------------------------------------------------
+
+
+class InvalidArgumentError(CamError, ValueError):
+    """A public function was called with an invalid argument."""
+
+
+class UnknownMethodError(InvalidArgumentError):
+    """The requested CAM method does not exist."""
+
+    def __init__(self, method: str, available: Iterable[str]) -> None:
+        super().__init__(f"unknown CAM method {method!r}; available: {', '.join(available)}")
+
+
+class UnknownClassError(InvalidArgumentError, KeyError):
+    """A target class id or label does not exist in the model."""
+
+    def __init__(self, target: object, problem: str) -> None:
+        super().__init__(f"unknown target class {target!r}: {problem}")
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the whole message
+        return str(self.args[0])
+
+
+# --- outputs ----------------------------------------------------------------------------------------
+
+
+class OutputError(CamError, OSError):
+    """An output could not be written."""
+
+
+class OutputExistsError(OutputError, FileExistsError):
+    """The output exists and overwriting was not allowed."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(f"output already exists: {path} (use --force to overwrite or --skip-existing)")

@@ -1,0 +1,239 @@
+"""The model folder manifest (format ``cam-model`` v1): parsing, validation and serialisation."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ManifestError, UnsafePathError, UnsupportedFormatError
+
+FORMAT_NAME = "cam-model"
+SUPPORTED_FORMAT_VERSIONS = (1,)
+MANIFEST_FILENAME = "manifest.json"
+
+Layout = Literal["NHWC", "NCHW"]
+ColorOrder = Literal["RGB", "BGR"]
+ResizeMode = Literal["nearest", "bilinear", "area", "bicubic"]
+LAYOUTS: tuple[str, ...] = ("NHWC", "NCHW")
+COLOR_ORDERS: tuple[str, ...] = ("RGB", "BGR")
+RESIZE_MODES: tuple[str, ...] = ("nearest", "bilinear", "area", "bicubic")
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Relative paths of the files a model folder holds."""
+
+    model: str
+    weights: str
+    bias: str | None = None
+    labels: str | None = None
+
+    def present(self) -> dict[str, str]:
+        """Role → relative path for the files that exist in this folder."""
+        return {role: name for role, name in asdict(self).items() if name is not None}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The ONNX input: tensor name, layout and spatial size."""
+
+    name: str
+    layout: Layout
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How pixels become the input tensor: ``(pixels_0_255_in_color_order - mean) / std``."""
+
+    color_order: ColorOrder
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize: ResizeMode = "bilinear"
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Names of the two ONNX outputs and the layout of the features."""
+
+    probabilities: str
+    features: str
+    features_layout: Layout = "NHWC"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A parsed, validated ``manifest.json``."""
+
+    name: str
+    files: ModelFiles
+    input: InputSpec
+    preprocess: Preprocess
+    outputs: OutputSpec
+    num_classes: int
+    sha256: dict[str, str]
+    format: str = FORMAT_NAME
+    format_version: int = 1
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-serialisable form, with the documented key order."""
+        data = {
+            "format": self.format,
+            "format_version": self.format_version,
+            "name": self.name,
+            "files": asdict(self.files),
+            "input": asdict(self.input),
+            "preprocess": {**asdict(self.preprocess), "mean": list(self.preprocess.mean),
+                           "std": list(self.preprocess.std)},
+            "outputs": asdict(self.outputs),
+            "num_classes": self.num_classes,
+            "sha256": dict(self.sha256),
+        }
+        data.update(self.provenance)
+        return data
+
+    def to_json(self) -> str:
+        """The manifest as indented JSON text."""
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+
+_CORE_KEYS = {"format", "format_version", "name", "files", "input", "preprocess", "outputs",
+              "num_classes", "sha256"}
+
+
+def check_relative_path(name: str) -> str:
+    """Refuse a manifest file path that is absolute or climbs out of the folder."""
+    path = Path(name)
+    if not name or path.is_absolute() or ".." in path.parts or "\\" in name or name.startswith("~"):
+        raise UnsafePathError(name)
+    return name
+
+
+def parse_manifest(data: object, source: str | Path = MANIFEST_FILENAME) -> Manifest:
+    """Validate a decoded manifest and return it; raises :class:`ManifestError` on any problem."""
+    if not isinstance(data, dict):
+        raise ManifestError(source, "top level must be a JSON object")
+    fmt, version = data.get("format"), data.get("format_version")
+    if fmt != FORMAT_NAME:
+        raise UnsupportedFormatError(fmt, [FORMAT_NAME])
+    if version not in SUPPORTED_FORMAT_VERSIONS or isinstance(version, bool):
+        raise UnsupportedFormatError(f"{fmt} v{version}", [f"{FORMAT_NAME} v{v}" for v in
+                                                             SUPPORTED_FORMAT_VERSIONS])
+    reader = _Reader(data, source)
+    files_obj = reader.obj("files")
+    files = ModelFiles(
+        model=check_relative_path(reader.string(files_obj, "model", "files.model")),
+        weights=check_relative_path(reader.string(files_obj, "weights", "files.weights")),
+        bias=_optional_path(reader, files_obj, "bias"),
+        labels=_optional_path(reader, files_obj, "labels"),
+    )
+    inp = reader.obj("input")
+    input_spec = InputSpec(
+        name=reader.string(inp, "name", "input.name"),
+        layout=reader.choice(inp, "layout", LAYOUTS, "input.layout"),  # type: ignore[arg-type]
+        height=reader.positive_int(inp, "height", "input.height"),
+        width=reader.positive_int(inp, "width", "input.width"),
+    )
+    pre = reader.obj("preprocess")
+    preprocess = Preprocess(
+        color_order=reader.choice(pre, "color_order", COLOR_ORDERS, "preprocess.color_order"),  # type: ignore[arg-type]
+        mean=reader.triple(pre, "mean", "preprocess.mean", positive=False),
+        std=reader.triple(pre, "std", "preprocess.std", positive=True),
+        resize=reader.choice(pre, "resize", RESIZE_MODES, "preprocess.resize"),  # type: ignore[arg-type]
+    )
+    out = reader.obj("outputs")
+    outputs = OutputSpec(
+        probabilities=reader.string(out, "probabilities", "outputs.probabilities"),
+        features=reader.string(out, "features", "outputs.features"),
+        features_layout=reader.choice(out, "features_layout", LAYOUTS, "outputs.features_layout"),  # type: ignore[arg-type]
+    )
+    num_classes = reader.positive_int(data, "num_classes", "num_classes")
+    sha = data.get("sha256")
+    if not isinstance(sha, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in sha.items()):
+        raise ManifestError(source, "'sha256' must map file names to hex digests")
+    for role, name in files.present().items():
+        digest = sha.get(name)
+        if digest is None:
+            raise ManifestError(source, f"'sha256' has no digest for the {role} file {name!r}")
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower()):
+            raise ManifestError(source, f"'sha256' digest for {name!r} is not 64 hex digits")
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        raise ManifestError(source, "'name' must be a non-empty string")
+    provenance = {k: v for k, v in data.items() if k not in _CORE_KEYS}
+    return Manifest(name=name, files=files, input=input_spec, preprocess=preprocess, outputs=outputs,
+                    num_classes=num_classes, sha256={k: v.lower() for k, v in sha.items()},
+                    format=fmt, format_version=int(version), provenance=provenance)
+
+
+def read_manifest(folder: str | Path) -> Manifest:
+    """Read and validate ``folder/manifest.json``."""
+    path = Path(folder) / MANIFEST_FILENAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(path, "file not found (is this a model folder?)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(path, f"cannot read: {exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(path, f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    return parse_manifest(data, path)
+
+
+def _optional_path(reader: _Reader, obj: dict[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    return check_relative_path(reader.string(obj, key, f"files.{key}"))
+
+
+class _Reader:
+    """Typed field access that reports the offending key."""
+
+    def __init__(self, data: dict[str, Any], source: str | Path) -> None:
+        self.data = data
+        self.source = source
+
+    def fail(self, problem: str) -> ManifestError:
+        return ManifestError(self.source, problem)
+
+    def obj(self, key: str) -> dict[str, Any]:
+        value = self.data.get(key)
+        if not isinstance(value, dict):
+            raise self.fail(f"'{key}' must be an object")
+        return value
+
+    def string(self, obj: dict[str, Any], key: str, label: str) -> str:
+        value = obj.get(key)
+        if not isinstance(value, str) or not value:
+            raise self.fail(f"'{label}' must be a non-empty string")
+        return value
+
+    def choice(self, obj: dict[str, Any], key: str, allowed: tuple[str, ...], label: str) -> str:
+        value = obj.get(key)
+        if value not in allowed:
+            raise self.fail(f"'{label}' is {value!r}; expected one of {', '.join(allowed)}")
+        return str(value)
+
+    def positive_int(self, obj: dict[str, Any], key: str, label: str) -> int:
+        value = obj.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise self.fail(f"'{label}' must be a positive integer")
+        return value
+
+    def triple(self, obj: dict[str, Any], key: str, label: str, *, positive: bool) -> tuple[float, float, float]:
+        value = obj.get(key)
+        if (not isinstance(value, list) or len(value) != 3
+                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+                or not all(math.isfinite(v) for v in value)):
+            raise self.fail(f"'{label}' must be a list of 3 finite numbers")
+        if positive and not all(v > 0 for v in value):
+            raise self.fail(f"'{label}' values must be > 0")
+        return (float(value[0]), float(value[1]), float(value[2]))

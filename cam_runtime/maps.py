@@ -1,0 +1,31 @@
+"""Feature-resolution maps to image-size heatmaps: bilinear upsampling, then ReLU-max normalisation."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+
+def upsample(raw: npt.NDArray[np.float32], height: int, width: int) -> npt.NDArray[np.float32]:
+    """Bilinear resize with half-pixel centres (cv2.INTER_LINEAR) of an [h, w] map to [height, width]."""
+    return cv2.resize(np.ascontiguousarray(raw, dtype=np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def normalize(heatmap: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """``max(m, 0) / max(m)``: positive evidence scaled to [0, 1]; all zeros when no value is positive.
+
+    Negative values (evidence against the class, present in CAM) are clipped, the largest value becomes 1,
+    and zero stays zero, so a box threshold of 0.2 means "20% of the maximum" as in the CAM paper.
+    """
+    peak = float(heatmap.max()) if heatmap.size else 0.0
+    if not peak > 0.0 or not np.isfinite(peak):
+        return np.zeros_like(heatmap, dtype=np.float32)
+    out = np.maximum(heatmap, 0.0)
+    out *= np.float32(1.0 / peak)
+    return out.astype(np.float32, copy=False)
+
+
+def heatmap_at(raw: npt.NDArray[np.float32], height: int, width: int) -> npt.NDArray[np.float32]:
+    """Upsample a raw map to the image size and normalise it."""
+    return normalize(upsample(raw, height, width))
