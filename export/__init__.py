@@ -1,0 +1,1 @@
+"""Keras → cam-model folder exporter (the only package that imports TensorFlow, Keras or tf2onnx)."""
