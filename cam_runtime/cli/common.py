@@ -1,0 +1,158 @@
+"""Shared CLI pieces: exit codes, the error boundary, common option types and console helpers.
+
+Command modules (``*_cmd.py``) import from here; keep it light (no numpy / OpenCV / onnxruntime at import).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+
+from cam_runtime.errors import CamError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from cam_runtime.engine import CamEngine
+
+EXIT_OK = 0
+"""Every input was processed."""
+EXIT_SOME_FAILED = 1
+"""Some inputs failed; the rest were processed and the failures are in the report."""
+EXIT_USAGE = 2
+"""Usage error or model error: nothing (more) could be done."""
+EXIT_INTERNAL = 3
+"""An unexpected exception (a bug); rerun with --debug for the traceback."""
+EXIT_INTERRUPTED = 130
+"""Ctrl-C / SIGINT; outputs already written are complete (atomic writes)."""
+
+DEFAULT_MODEL = Path("models/resnet50")
+"""The model folder the runtime commands use when --model is not given."""
+
+
+class State:
+    """Process-wide CLI settings set by the global options."""
+
+    debug: bool = os.environ.get("CAMR_DEBUG", "") not in ("", "0")
+
+
+class Device(str, Enum):
+    """Where onnxruntime runs."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+# --- option types shared by the runtime commands ------------------------------------------------------------
+
+ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="Model folder (manifest.json, model.onnx, weights).",
+                                        show_default=True)]
+DeviceOpt = Annotated[Device, typer.Option("--device", "-d", case_sensitive=False,
+                                           help="Execution device; auto prefers CUDA when available.")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", "-t", min=1,
+                                                help="onnxruntime intra-op threads [default: usable cores].")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per inference batch.")]
+MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", min=1,
+                                           help="Refuse images whose header declares more pixels "
+                                                "(decompression-bomb guard).")]
+ResizeOpt = Annotated[str | None, typer.Option("--resize", help="Override the manifest's resize mode: nearest, "
+                                                                "bilinear, area or bicubic.")]
+
+
+# --- consoles ---------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def err_console() -> Console:
+    """A rich console on stderr (summaries, warnings, progress); stdout stays free for --json."""
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+@functools.cache
+def out_console() -> Console:
+    """A rich console on stdout (tables of the info / bench commands)."""
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def error_line(message: str) -> None:
+    """Print ``error: message`` as one plain line on stderr (no markup, no wrapping)."""
+    text = " ".join(str(message).split())
+    print(f"error: {text}", file=sys.stderr, flush=True)
+
+
+def warn_line(message: str) -> None:
+    """Print ``warning: message`` as one plain line on stderr."""
+    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+
+# --- the error boundary -------------------------------------------------------------------------------------------
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(func: F) -> F:
+    """Turn project errors into one ``error:`` line and exit 2 (``--debug`` or CAMR_DEBUG=1: full traceback).
+
+    Unexpected exceptions also give one line (exit 3); Ctrl-C exits 130. typer.Exit passes through.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except CamError as exc:
+            if State.debug:
+                traceback.print_exc()
+            error_line(str(exc))
+            raise typer.Exit(EXIT_USAGE) from None
+        except KeyboardInterrupt:
+            if State.debug:
+                traceback.print_exc()
+            error_line("interrupted; outputs written so far are complete (rerun with --skip-existing to resume)")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Exception as exc:
+            if State.debug:
+                traceback.print_exc()
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            error_line(f"unexpected {type(exc).__name__}: {detail} (rerun with --debug for the traceback)")
+            raise typer.Exit(EXIT_INTERNAL) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def load_engine(model: Path, device: Device | str, threads: int | None, *, max_pixels: int | None = None,
+                resize: str | None = None, warmup: bool = True) -> CamEngine:
+    """Load a model folder into a CamEngine (imports the runtime lazily so ``--help`` stays fast)."""
+    from cam_runtime.engine import CamEngine
+    from cam_runtime.imaging import DEFAULT_MAX_PIXELS
+    from cam_runtime.manifest import RESIZE_MODES
+
+    if resize is not None and resize not in RESIZE_MODES:
+        from cam_runtime.errors import InvalidArgumentError
+
+        raise InvalidArgumentError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+    return CamEngine.load(model, device=Device(device).value, threads=threads,
+                          max_pixels=max_pixels or DEFAULT_MAX_PIXELS, resize=resize, warmup=warmup)
+
+
+def stdout_is_terminal() -> bool:
+    """Whether stdout is an interactive terminal (progress bars only then)."""
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
