@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -47,6 +48,7 @@ def write_model_folder(dest: str | Path, *, model: bytes | Path, weights: npt.Ar
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
+        tmp.chmod(0o755 & ~_current_umask())  # mkdtemp makes 0700; a model folder is ordinary shared data
         if isinstance(model, bytes):
             (tmp / MODEL_FILE).write_bytes(model)
         else:
@@ -71,6 +73,12 @@ def write_model_folder(dest: str | Path, *, model: bytes | Path, weights: npt.Ar
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _replace_dir(tmp: Path, dest: Path) -> None:

@@ -1,0 +1,78 @@
+"""Exporter errors: each inherits the project base error and the matching builtin."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cam_runtime.errors import CamError
+
+
+class ExportError(CamError):
+    """An export could not be completed; nothing was written."""
+
+
+class KerasModelNotFoundError(ExportError, FileNotFoundError):
+    """The --model path does not exist."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(f"Keras model not found: {path}")
+
+
+class KerasModelLoadError(ExportError, ValueError):
+    """The file exists but is not a loadable Keras model."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"cannot load Keras model {path}: {reason}")
+
+
+class UnknownArchitectureError(ExportError, ValueError):
+    """--arch names no known keras.applications model."""
+
+    def __init__(self, arch: str, known: list[str]) -> None:
+        super().__init__(f"unknown architecture {arch!r}; supported: {', '.join(known)}")
+
+
+class UnsupportedHeadError(ExportError, ValueError):
+    """The model's head is not GAP → Dense, so CAM would not be exact."""
+
+    def __init__(self, model_name: str, reason: str) -> None:
+        super().__init__(
+            f"model {model_name!r} cannot be exported for CAM: {reason}. CAM is exact only when the class score "
+            "is a linear function of spatially averaged conv features: GlobalAveragePooling2D → "
+            "(Dropout/Flatten/Reshape) → one Dense (softmax or linear)"
+        )
+
+
+class WeightsUnavailableError(ExportError, ConnectionError):
+    """The ImageNet weights could not be downloaded."""
+
+    def __init__(self, arch: str, reason: str) -> None:
+        super().__init__(
+            f"could not download the ImageNet weights for {arch} ({reason}). Rerun with --weights PATH "
+            "(a local .h5/.weights.h5 file) or --weights random (random init: plumbing tests and benchmarks "
+            "only, the maps mean nothing)"
+        )
+
+
+class WeightsFileError(ExportError, ValueError):
+    """A --weights PATH could not be loaded into the architecture."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"cannot load weights {path}: {reason}")
+
+
+class LabelsError(ExportError, ValueError):
+    """The labels file is missing or does not have one line per class."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        super().__init__(f"labels file {path}: {problem}")
+
+
+class ParityError(ExportError, ValueError):
+    """The ONNX graph does not reproduce the Keras model within tolerance."""
+
+    def __init__(self, quantity: str, max_error: float, tolerance: float) -> None:
+        super().__init__(
+            f"parity check failed: {quantity} differ by up to {max_error:.3g} (tolerance {tolerance:.1g}); "
+            "nothing was written"
+        )

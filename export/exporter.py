@@ -1,0 +1,215 @@
+"""Keras classifier → verified cam-model folder (ONNX with probabilities + features, dense weights, manifest)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cam_runtime.errors import OutputExistsError
+from cam_runtime.folder_writer import write_model_folder
+from cam_runtime.manifest import InputSpec, Manifest, OutputSpec, Preprocess
+from cam_runtime.model_folder import imagenet_labels, read_labels, sha256_file
+
+from .architectures import ARCHITECTURES, Architecture
+from .errors import (
+    KerasModelLoadError,
+    KerasModelNotFoundError,
+    LabelsError,
+    UnknownArchitectureError,
+    WeightsFileError,
+    WeightsUnavailableError,
+)
+from .heads import CamHead, find_cam_head
+from .parity import check_parity
+
+INPUT_NAME = "image"
+PROBABILITIES_NAME = "probabilities"
+FEATURES_NAME = "features"
+DEFAULT_OPSET = 17
+PARITY_SAMPLES = 4
+PARITY_SEED = 1234
+RANDOM_WEIGHTS_SEED = 0
+
+
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def export_model(output: str | Path, *, arch: str = "resnet50", weights: str = "imagenet",
+                 model_path: str | Path | None = None, labels_path: str | Path | None = None,
+                 input_size: int | None = None, force: bool = False, opset: int = DEFAULT_OPSET,
+                 name: str | None = None, preprocess: Preprocess | None = None,
+                 provenance: dict[str, Any] | None = None) -> Manifest:
+    """Export a keras.applications model (``arch``/``weights``) or a user model (``model_path``) to ``output``.
+
+    ``weights`` is "imagenet" (downloaded by Keras), "random" (seeded random init, recorded in the manifest) or a
+    path to a weights file. A user model needs ``preprocess`` unless its inputs are raw 0-255 RGB pixels.
+    """
+    output = Path(output)
+    if output.exists() and not force:
+        raise OutputExistsError(output)
+    labels = _read_labels_arg(labels_path)
+    _quiet_tensorflow()
+    import keras
+
+    if model_path is not None:
+        model = _load_user_model(Path(model_path))
+        source = {"source": "keras model file", "model_file": Path(model_path).name,
+                  "model_sha256": sha256_file(Path(model_path))}
+        prep = preprocess or Preprocess("RGB", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "bilinear")
+        model_name = name or Path(model_path).stem
+        weights_record: str = "from model file"
+    else:
+        architecture = _architecture(arch)
+        model, weights_record = _build_application(architecture, weights, input_size)
+        source = {"source": f"keras.applications.{architecture.constructor}", "arch": architecture.name}
+        prep = preprocess or architecture.preprocess
+        model_name = name or (architecture.name if weights == "imagenet"
+                              else f"{architecture.name}-{'random' if weights == 'random' else 'custom'}")
+    head = find_cam_head(model)
+    dense_weights, dense_bias = _dense_parameters(head)
+    num_classes = dense_weights.shape[1]
+    if labels is None and model_path is None and num_classes == 1000:
+        labels = imagenet_labels()
+    if labels is not None and len(labels) != num_classes:
+        raise LabelsError(labels_path or "(ImageNet labels)",
+                          f"has {len(labels)} lines but the model has {num_classes} classes")
+    height, width = (int(d) for d in model.inputs[0].shape[1:3])
+    onnx_bytes = _convert(keras, model, head, height, width, opset)
+    parity = _verify(model, head, onnx_bytes, dense_weights, dense_bias, prep, height, width)
+    versions = _tool_versions()
+    meta = {**source, "weights": weights_record, "feature_layer": head.pooling.name + ".input",
+            "dense_layer": head.dense.name, "feature_shape": list(head.feature_shape), "opset": opset,
+            "softmax_appended": head.needs_softmax, "tool_versions": versions, "parity": parity.to_dict(),
+            **(provenance or {})}
+    return write_model_folder(
+        output, model=onnx_bytes, weights=dense_weights, bias=dense_bias, labels=labels, name=model_name,
+        input_spec=InputSpec(INPUT_NAME, "NHWC", height, width),
+        preprocess=prep, outputs=OutputSpec(PROBABILITIES_NAME, FEATURES_NAME, "NHWC"),
+        provenance=meta, force=force)
+
+
+def _architecture(arch: str) -> Architecture:
+    try:
+        return ARCHITECTURES[arch.lower()]
+    except KeyError:
+        raise UnknownArchitectureError(arch, sorted(ARCHITECTURES)) from None
+
+
+def _build_application(architecture: Architecture, weights: str, input_size: int | None) -> tuple[Any, str]:
+    import keras
+
+    if weights == "random":
+        keras.utils.set_random_seed(RANDOM_WEIGHTS_SEED)
+        return architecture.build(None, input_size), f"random (seed {RANDOM_WEIGHTS_SEED})"
+    if weights == "imagenet":
+        try:
+            return architecture.build("imagenet", input_size), "imagenet"
+        except (OSError, ConnectionError, TimeoutError) as exc:
+            raise WeightsUnavailableError(architecture.name, _short(exc)) from None
+        except Exception as exc:  # keras wraps urllib errors in a plain Exception ("URL fetch failure ...")
+            if "fetch" in str(exc).lower() or "url" in str(exc).lower():
+                raise WeightsUnavailableError(architecture.name, _short(exc)) from None
+            raise
+    path = Path(weights)
+    if not path.is_file():
+        raise WeightsFileError(path, "file not found (use 'imagenet', 'random' or a path to a weights file)")
+    try:
+        return architecture.build(str(path), input_size), f"file {path.name} sha256 {sha256_file(path)}"
+    except Exception as exc:  # h5py/keras raise many types for a wrong file
+        raise WeightsFileError(path, _short(exc)) from None
+
+
+def _load_user_model(path: Path) -> Any:
+    import keras
+
+    if not path.exists():
+        raise KerasModelNotFoundError(path)
+    if path.suffix not in (".keras", ".h5", ".hdf5"):
+        raise KerasModelLoadError(path, "expected a .keras or .h5 file")
+    try:
+        # safe_mode refuses lambda layers that would run arbitrary code from the file.
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # keras raises ValueError, OSError, zipfile errors, ... for bad files
+        raise KerasModelLoadError(path, _short(exc)) from None
+
+
+def _read_labels_arg(labels_path: str | Path | None) -> list[str] | None:
+    if labels_path is None:
+        return None
+    path = Path(labels_path)
+    if not path.is_file():
+        raise LabelsError(path, "file not found")
+    try:
+        return read_labels(path)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise LabelsError(path, _short(exc)) from None
+
+
+def _dense_parameters(head: CamHead) -> tuple[np.ndarray, np.ndarray]:
+    kernel = np.asarray(head.dense.kernel.numpy(), dtype=np.float32)
+    bias = (np.asarray(head.dense.bias.numpy(), dtype=np.float32) if head.dense.use_bias
+            else np.zeros(kernel.shape[1], dtype=np.float32))
+    return kernel, bias
+
+
+def _two_output_model(keras: Any, model: Any, head: CamHead) -> Any:
+    return keras.Model(model.inputs, [head.probabilities, head.features], name=f"{model.name}_cam")
+
+
+def _convert(keras: Any, model: Any, head: CamHead, height: int, width: int, opset: int) -> bytes:
+    import tensorflow as tf
+    import tf2onnx
+
+    cam_model = _two_output_model(keras, model, head)
+    spec = (tf.TensorSpec((None, height, width, 3), tf.float32, name=INPUT_NAME),)
+
+    @tf.function(input_signature=spec)
+    def serve(image: Any) -> dict[str, Any]:
+        probabilities, features = cam_model([image], training=False)
+        if head.needs_softmax:
+            probabilities = tf.nn.softmax(probabilities, axis=-1)
+        return {PROBABILITIES_NAME: tf.identity(probabilities), FEATURES_NAME: tf.identity(features)}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        proto, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=opset,
+                                                 output_path=str(Path(tmp) / "model.onnx"))
+        return bytes(proto.SerializeToString())
+
+
+def _verify(model: Any, head: CamHead, onnx_bytes: bytes, weights: np.ndarray, bias: np.ndarray,
+            prep: Preprocess, height: int, width: int) -> Any:
+    import keras
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(PARITY_SEED)
+    pixels = rng.uniform(0, 255, (PARITY_SAMPLES, height, width, 3)).astype(np.float32)
+    inputs = ((pixels - np.asarray(prep.mean, np.float32)) / np.asarray(prep.std, np.float32)).astype(np.float32)
+    probs_k, feats_k = (np.asarray(t) for t in _two_output_model(keras, model, head)([inputs], training=False))
+    if head.needs_softmax:
+        from .parity import softmax
+
+        probs_k = softmax(probs_k).astype(np.float32)
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    probs_o, feats_o = session.run([PROBABILITIES_NAME, FEATURES_NAME], {INPUT_NAME: inputs})
+    return check_parity(probs_k, feats_k, probs_o, feats_o, weights, bias, seed=PARITY_SEED)
+
+
+def _tool_versions() -> dict[str, str]:
+    import keras
+    import onnx
+    import onnxruntime
+    import tensorflow as tf
+    import tf2onnx
+
+    return {"tensorflow": tf.__version__, "keras": keras.__version__, "tf2onnx": tf2onnx.__version__,
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (text[:240] + "…") if len(text) > 240 else (text or type(exc).__name__)
