@@ -189,3 +189,24 @@ class OutputExistsError(OutputError, FileExistsError):
 
     def __init__(self, path: str | Path) -> None:
         super().__init__(f"output already exists: {path} (use --force to overwrite or --skip-existing)")
+
+
+class OutputFolderError(OutputError):
+    """The output folder (or a subfolder) cannot be created or written to."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"cannot write to output folder {path}: {reason}")
+
+
+class UnsafeOutputPathError(OutputError, ValueError):
+    """An output name would resolve outside the output folder (e.g. through a symlink)."""
+
+    def __init__(self, name: str, root: str | Path) -> None:
+        super().__init__(f"output path {name!r} would leave the output folder {root}; refused")
+
+
+class ImageEncodeError(OutputError, ValueError):
+    """An image could not be encoded in the requested format."""
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__(f"OpenCV could not encode an image as {fmt!r}")

@@ -1,6 +1,52 @@
-"""Command line interface (placeholder until the CLI lands)."""
+"""The ``camr`` command line: a typer app whose commands live in ``*_cmd.py`` modules."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cam_runtime import __version__
+
+from . import bench_cmd, demo_cmd, explain_cmd, export_cmd, info_cmd
+from .common import State
+
+app = typer.Typer(
+    name="camr",
+    help="Class activation maps for Keras CNNs: export once (TensorFlow), explain anywhere (onnxruntime).",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"camr (cam-runtime) {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", "-V", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Global options."""
+    if debug:
+        State.debug = True
+
+
+# --- command registration: one line per command (other modules add their own line here) -----------------------
+app.command("explain")(explain_cmd.explain)
+app.command("export")(export_cmd.export)
+app.command("info")(info_cmd.info)
+app.command("bench")(bench_cmd.bench)
+app.command("demo")(demo_cmd.demo)
+# --- end of command registration ----------------------------------------------------------------------------------
 
 
 def main() -> None:
-    """Entry point of the ``camr`` console script."""
-    raise SystemExit("camr: the command line is not built yet")
+    """Entry point of the ``camr`` console script and ``python -m cam_runtime``."""
+    app(prog_name="camr")

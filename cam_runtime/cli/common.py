@@ -59,7 +59,7 @@ ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="Model folder (man
 DeviceOpt = Annotated[Device, typer.Option("--device", "-d", case_sensitive=False,
                                            help="Execution device; auto prefers CUDA when available.")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", "-t", min=1,
-                                                help="onnxruntime intra-op threads [default: usable cores].")]
+                                                help="onnxruntime intra-op threads (default: the usable cores).")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per inference batch.")]
 MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", min=1,
                                            help="Refuse images whose header declares more pixels "

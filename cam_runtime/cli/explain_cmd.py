@@ -1,0 +1,82 @@
+"""``camr explain``: explain files, folders, globs or stdin into overlays, heatmaps and reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .common import (
+    DEFAULT_MODEL,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    BatchSizeOpt,
+    Device,
+    DeviceOpt,
+    MaxPixelsOpt,
+    ModelOpt,
+    ResizeOpt,
+    ThreadsOpt,
+    handle_errors,
+    load_engine,
+)
+
+DEFAULT_OUTPUT = Path("outputs")
+
+
+@handle_errors
+def explain(
+    inputs: Annotated[list[str], typer.Argument(help="Image files, folders, globs (quote them) or '-' for stdin.",
+                                                show_default=False)],
+    model: ModelOpt = DEFAULT_MODEL,
+    device: DeviceOpt = Device.auto,
+    method: Annotated[str, typer.Option("--method", help="cam, gradcam, gradcam++, hirescam, xgradcam, layercam, "
+                                                         "eigencam or scorecam.")] = "cam",
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Explain the k most probable classes.")] = 1,
+    classes: Annotated[list[str] | None, typer.Option("--class", "-c", help="Explain this class (id or label) "
+                                                      "instead of the top-k; repeatable.", show_default=False)] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = DEFAULT_OUTPUT,
+    image_format: Annotated[str, typer.Option("--format", "-f", help="Overlay format: jpg, png or webp.")] = "jpg",
+    alpha: Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Heatmap opacity.")] = 0.5,
+    colormap: Annotated[str, typer.Option("--colormap", help="OpenCV colormap (jet, turbo, inferno, ...).")] = "jet",
+    boxes: Annotated[bool, typer.Option("--boxes/--no-boxes", help="Draw boxes on overlays.")] = True,
+    all_boxes: Annotated[bool, typer.Option("--all-boxes", help="Every connected region, not just the largest.")]
+    = False,
+    box_threshold: Annotated[float, typer.Option("--box-threshold", min=0.0, max=1.0,
+                                                 help="Box region: map ≥ this fraction of its max.")] = 0.2,
+    save_heatmaps: Annotated[bool, typer.Option("--save-heatmaps", help="Also save each [0, 1] map as .npy.")]
+    = False,
+    batch_size: BatchSizeOpt = 8,
+    threads: ThreadsOpt = None,
+    json_lines: Annotated[bool, typer.Option("--json", help="One JSON line per image on stdout (nothing else).")]
+    = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
+    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Resume: keep images already done.")]
+    = False,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders.")] = False,
+    max_pixels: MaxPixelsOpt = 100_000_000,
+    resize: ResizeOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary table.")] = False,
+) -> None:
+    """Explain images: overlays named after the inputs, report.json / report.csv / report.html in the output folder.
+
+    Exit status: 0 all inputs done, 1 some inputs failed (listed in the report), 2 usage or model error.
+    """
+    from cam_runtime.errors import InvalidArgumentError
+
+    from .inputs import collect_inputs
+    from .runner import ExplainOptions, run_explain
+
+    if force and skip_existing:
+        raise InvalidArgumentError("--force and --skip-existing exclude each other")
+    options = ExplainOptions(method=method, top_k=top_k, classes=list(classes) if classes else None,
+                             image_format=image_format, alpha=alpha, colormap=colormap, boxes=boxes,
+                             all_boxes=all_boxes, box_threshold=box_threshold, save_heatmaps=save_heatmaps,
+                             batch_size=batch_size, json_lines=json_lines, force=force,
+                             skip_existing=skip_existing, quiet=quiet)
+    options.validate()
+    items = collect_inputs(inputs, recursive=recursive)
+    engine = load_engine(model, device, threads, max_pixels=max_pixels, resize=resize)
+    report = run_explain(engine, items, output, options, model_path=model)
+    raise typer.Exit(EXIT_SOME_FAILED if report.summary()["failed"] else EXIT_OK)

@@ -1,0 +1,50 @@
+"""``camr export``: a Keras classifier to a model folder (the only command that imports TensorFlow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .common import EXIT_USAGE, error_line, handle_errors
+
+INSTALL_HINT = "install with `pip install 'cam-runtime[export]'`"
+_EXPORT_MODULES = ("tensorflow", "keras", "tf2onnx", "onnx", "h5py", "export")
+
+
+def export_with_hint(output: Path, **kwargs: Any) -> Any:
+    """Call ``export.exporter.export_model``; a missing export extra becomes one line with the install command."""
+    try:
+        from export.exporter import export_model
+
+        return export_model(output, **kwargs)
+    except ModuleNotFoundError as exc:
+        root = (exc.name or "").split(".")[0]
+        if root not in _EXPORT_MODULES:
+            raise
+        error_line(f"exporting needs TensorFlow, tf2onnx and onnx ({root} is missing); {INSTALL_HINT}")
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+@handle_errors
+def export(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Model folder to create.")] = Path("models/resnet50"),
+    arch: Annotated[str, typer.Option("--arch", help="keras.applications architecture (resnet50, mobilenetv2, "
+                                                     "densenet121, efficientnetb0, ...).")] = "resnet50",
+    weights: Annotated[str, typer.Option("--weights", help="'imagenet' (download), 'random' (seeded init, for "
+                                                           "tests) or a weights file path.")] = "imagenet",
+    model: Annotated[Path | None, typer.Option("--model", help="Your own .keras/.h5 classifier instead of --arch.")]
+    = None,
+    labels: Annotated[Path | None, typer.Option("--labels", help="labels.txt, one class name per line.")] = None,
+    input_size: Annotated[int | None, typer.Option("--input-size", min=32, help="Square input size (random or "
+                                                                                "file weights only).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing model folder.")] = False,
+) -> None:
+    """Export a Keras CNN (GAP → Dense head) to an ONNX model folder and verify parity with Keras."""
+    manifest = export_with_hint(output, arch=arch, weights=weights, model_path=model, labels_path=labels,
+                                input_size=input_size, force=force)
+    parity = manifest.provenance.get("parity", {})
+    typer.echo(f"exported {manifest.name} to {output} ({manifest.num_classes} classes, input "
+               f"{manifest.input.height}x{manifest.input.width}); parity: probabilities max abs "
+               f"{parity.get('probabilities_max_abs', float('nan')):.2e}")

@@ -1,0 +1,120 @@
+"""``camr info MODEL``: manifest summary, per-file checksum status and the available execution providers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .common import EXIT_OK, EXIT_USAGE, handle_errors, out_console
+
+
+def file_status(root: Path, name: str, expected: str) -> dict[str, Any]:
+    """Status of one manifest file: ok, MISMATCH, missing or unsafe, with its size."""
+    from cam_runtime.errors import UnsafePathError
+    from cam_runtime.model_folder import resolve_inside, sha256_file
+
+    try:
+        path = resolve_inside(root, name)
+    except UnsafePathError:
+        return {"file": name, "status": "unsafe path", "bytes": None}
+    if not path.is_file():
+        return {"file": name, "status": "missing", "bytes": None}
+    return {"file": name, "status": "ok" if sha256_file(path) == expected else "MISMATCH",
+            "bytes": path.stat().st_size}
+
+
+def model_info(model: Path) -> dict[str, Any]:
+    """Everything ``info`` shows, as a JSON-ready dict."""
+    from cam_runtime.errors import OnnxRuntimeMissingError, UnsafePathError
+    from cam_runtime.manifest import MANIFEST_FILENAME, read_manifest
+    from cam_runtime.model_folder import resolve_inside
+
+    if not model.is_dir():
+        from cam_runtime.errors import ModelFolderNotFoundError
+
+        raise ModelFolderNotFoundError(model)
+    manifest = read_manifest(model)
+    files = {role: file_status(model, name, manifest.sha256[name]) for role, name in manifest.files.present().items()}
+    for name, digest in manifest.sha256.items():
+        if name not in manifest.files.present().values() and name != MANIFEST_FILENAME:
+            try:
+                resolve_inside(model, name)
+            except UnsafePathError:
+                files[f"extra:{name}"] = {"file": name, "status": "unsafe path", "bytes": None}
+                continue
+            files[f"extra:{name}"] = file_status(model, name, digest)
+    try:
+        from cam_runtime.providers import available_providers
+
+        providers: list[str] | None = available_providers()
+    except OnnxRuntimeMissingError:
+        providers = None
+    prov = manifest.provenance
+    return {
+        "folder": str(model), "name": manifest.name, "format": f"{manifest.format} v{manifest.format_version}",
+        "num_classes": manifest.num_classes,
+        "input": {"name": manifest.input.name, "layout": manifest.input.layout,
+                  "height": manifest.input.height, "width": manifest.input.width},
+        "preprocess": {"color_order": manifest.preprocess.color_order, "mean": list(manifest.preprocess.mean),
+                       "std": list(manifest.preprocess.std), "resize": manifest.preprocess.resize},
+        "outputs": {"probabilities": manifest.outputs.probabilities, "features": manifest.outputs.features,
+                    "features_layout": manifest.outputs.features_layout},
+        "provenance": {k: prov[k] for k in ("source", "arch", "weights", "created", "feature_shape", "parity",
+                                            "opset") if k in prov},
+        "files": files,
+        "checksums_ok": all(f["status"] == "ok" for f in files.values()),
+        "providers": providers,
+    }
+
+
+@handle_errors
+def info(
+    model: Annotated[Path, typer.Argument(help="Model folder.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the information as JSON.")] = False,
+) -> None:
+    """Show a model folder's manifest, the checksum status of each file and the available providers.
+
+    Exit status 2 when a file is missing or its sha256 does not match the manifest.
+    """
+    data = model_info(model)
+    if json_out:
+        typer.echo(json.dumps(data, indent=2))
+    else:
+        _print(data)
+    raise typer.Exit(EXIT_OK if data["checksums_ok"] else EXIT_USAGE)
+
+
+def _print(data: dict[str, Any]) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = out_console()
+    summary = Table(show_header=False, box=None, title=f"model folder {escape(data['folder'])}", title_justify="left")
+    summary.add_column(style="bold")
+    summary.add_column()
+    spec, pre = data["input"], data["preprocess"]
+    summary.add_row("name", escape(data["name"]))
+    summary.add_row("format", data["format"])
+    summary.add_row("classes", str(data["num_classes"]))
+    summary.add_row("input", f"{spec['name']} {spec['layout']} {spec['height']}x{spec['width']}")
+    summary.add_row("preprocess", f"{pre['color_order']} mean={pre['mean']} std={pre['std']} resize={pre['resize']}")
+    summary.add_row("outputs", f"{data['outputs']['probabilities']}, {data['outputs']['features']} "
+                               f"({data['outputs']['features_layout']})")
+    for key, value in data["provenance"].items():
+        summary.add_row(key, escape(json.dumps(value) if isinstance(value, dict | list) else str(value)))
+    providers = data["providers"]
+    summary.add_row("providers", ", ".join(providers) if providers is not None
+                    else "onnxruntime not installed (pip install 'cam-runtime[cpu]')")
+    console.print(summary)
+    table = Table(title="files", title_justify="left")
+    for column in ("role", "file", "bytes", "sha256"):
+        table.add_column(column)
+    for role, entry in data["files"].items():
+        status = entry["status"]
+        style = "green" if status == "ok" else "bold red"
+        table.add_row(role, escape(entry["file"]), "" if entry["bytes"] is None else f"{entry['bytes']:,}",
+                      f"[{style}]{status}[/{style}]")
+    console.print(table)

@@ -1,0 +1,250 @@
+"""The explain run loop shared by ``explain`` and ``demo``: stream results, write outputs atomically, report."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cam_runtime.errors import InvalidArgumentError, OutputExistsError
+from cam_runtime.outputs import IMAGE_FORMATS, OutputLayout, remove_stale_temps, save_npy_atomic, write_image_atomic
+from cam_runtime.outputs import write_text_atomic as _write_text
+from cam_runtime.report import (
+    Report,
+    now_iso,
+    record_from_failure,
+    record_from_result,
+    thumbnail_data_uri,
+    thumbnail_from_file,
+)
+from cam_runtime.results import ExplainResult, ImageFailure
+
+from .common import err_console, stdout_is_terminal, warn_line
+from .inputs import InputItem
+
+if TYPE_CHECKING:
+    from cam_runtime.engine import CamEngine
+
+
+@dataclass
+class ExplainOptions:
+    """Everything ``explain`` needs besides the engine, the inputs and the output folder."""
+
+    method: str = "cam"
+    top_k: int = 1
+    classes: list[str] | None = None
+    image_format: str = "jpg"
+    alpha: float = 0.5
+    colormap: str = "jet"
+    boxes: bool = True
+    all_boxes: bool = False
+    box_threshold: float = 0.2
+    save_heatmaps: bool = False
+    batch_size: int = 8
+    json_lines: bool = False
+    force: bool = False
+    skip_existing: bool = False
+    quiet: bool = False
+
+    def validate(self) -> None:
+        """Check the options before any model is loaded or file written."""
+        from cam_runtime.methods import get_method
+        from cam_runtime.render import colormap_id
+
+        get_method(self.method)
+        colormap_id(self.colormap)
+        self.image_format = self.image_format.lower().lstrip(".")
+        if self.image_format == "jpeg":
+            self.image_format = "jpg"
+        if self.image_format not in IMAGE_FORMATS:
+            raise InvalidArgumentError(f"--format must be one of {', '.join(IMAGE_FORMATS)}, got {self.image_format!r}")
+        if not 0.0 < self.box_threshold <= 1.0:
+            raise InvalidArgumentError(f"--box-threshold must be in (0, 1], got {self.box_threshold}")
+        if self.force and self.skip_existing:
+            raise InvalidArgumentError("--force and --skip-existing exclude each other")
+
+    @property
+    def targets_per_image(self) -> int:
+        """T: the number of maps (and overlays) per image."""
+        return len(self.classes) if self.classes else self.top_k
+
+
+@contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit so the reports of the images done so far are still written."""
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. inside a test runner thread)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _load_done(layout: OutputLayout, key: str, expected: list[str]) -> dict[str, Any] | None:
+    """A previous run's record for ``key`` if it and every file it names are complete."""
+    record_path = layout.path(layout.record_name(key))
+    if not record_path.is_file() or not all(layout.path(name).is_file() for name in expected):
+        return None
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("status") != "ok" or record.get("key") != key:
+        return None
+    return record
+
+
+def run_explain(engine: CamEngine, items: list[InputItem], output: Path, options: ExplainOptions, *,
+                model_path: Path | None = None) -> Report:
+    """Explain ``items`` into ``output``; returns the report (already written as json/csv/html)."""
+    options.validate()
+    if options.classes:
+        for spec in options.classes:
+            engine.class_id(spec)  # unknown labels fail before anything is written
+    if options.classes is None and not 1 <= options.top_k <= engine.num_classes:
+        raise InvalidArgumentError(f"--top-k must be in [1, {engine.num_classes}], got {options.top_k}")
+    layout = OutputLayout(output, options.image_format)
+    layout.check_writable()
+    stale = remove_stale_temps(layout.root)
+    if stale and not options.json_lines:
+        warn_line(f"removed {stale} temporary file(s) left by an interrupted run in {layout.root}")
+    n_targets = options.targets_per_image
+    keys = [layout.allocate(item.relative) for item in items]
+    planned = {key: layout.planned(key, n_targets, options.save_heatmaps) for key in keys}
+    done: dict[str, dict[str, Any]] = {}
+    if options.skip_existing:
+        for key in keys:
+            record = _load_done(layout, key, planned[key][:-1])
+            if record is not None:
+                done[key] = {**record, "resumed": True}
+    elif not options.force:
+        for name in [*layout.REPORT_FILES, *(n for key in keys for n in planned[key])]:
+            if layout.path(name).exists():
+                raise OutputExistsError(layout.path(name))
+
+    meta = {"tool": "cam-runtime", "version": _version(), "created": now_iso(),
+            "model": engine.manifest.name, "model_path": str(model_path) if model_path else None,
+            "device": engine.providers[0] if engine.providers else None, "method": options.method,
+            "top_k": options.top_k, "classes": options.classes, "image_format": options.image_format,
+            "output": str(layout.root)}
+    report = Report(meta)
+    todo = [(item, key) for item, key in zip(items, keys, strict=True) if key not in done]
+    stream = engine.iter_explain(
+        (item.engine_input for item, _ in todo), method=options.method, top_k=options.top_k,
+        classes=options.classes, batch_size=options.batch_size, box_threshold=options.box_threshold,
+        all_boxes=options.all_boxes)
+    show_progress = not options.quiet and not options.json_lines and stdout_is_terminal() and len(items) > 1
+    start = time.perf_counter()
+    with _sigterm_as_exit(), _progress(show_progress, len(items)) as advance:
+        try:
+            for item, key in zip(items, keys, strict=True):
+                if key in done:
+                    record = done[key]
+                    thumbs = [thumbnail_from_file(layout.path(t["overlay"])) for t in record.get("targets", [])
+                              if t.get("overlay")]
+                    report.add(record, "", thumbs)
+                else:
+                    outcome = next(stream)
+                    record, input_thumb, thumbs = _write_outputs(outcome, item, key, layout, options)
+                    report.add(record, input_thumb, thumbs)
+                if options.json_lines:
+                    sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    sys.stdout.flush()
+                advance(item.source)
+        finally:
+            # Whatever happened (Ctrl-C, SIGTERM, a write error), report what was done.
+            if report.records:
+                report.meta["wall_s"] = round(time.perf_counter() - start, 3)
+                report.write(layout)
+    if not options.quiet:
+        _summary(report, layout, time.perf_counter() - start)
+    return report
+
+
+def _write_outputs(outcome: ExplainResult | ImageFailure, item: InputItem, key: str, layout: OutputLayout,
+                   options: ExplainOptions) -> tuple[dict[str, Any], str, list[str]]:
+    """Write one image's overlays (+ heatmaps) and then its record file; returns (record, thumbnails)."""
+    if isinstance(outcome, ImageFailure):
+        error = outcome.error.replace(outcome.source, item.source) if item.data is not None else outcome.error
+        failure = ImageFailure(item.source, error, outcome.error_type)
+        return record_from_failure(failure, key), "", []
+    start = time.perf_counter()
+    overlays, heatmaps, thumbs = [], [], []
+    for index, target in enumerate(outcome.targets):
+        bgr = outcome.overlay(index, alpha=options.alpha, colormap=options.colormap, draw_boxes=options.boxes,
+                              channel_order="BGR")
+        name = layout.overlay_name(key, index)
+        write_image_atomic(layout.path(name), bgr, options.image_format, fsync=False)
+        overlays.append(name)
+        thumbs.append(thumbnail_data_uri(bgr))
+        if options.save_heatmaps:
+            heat_name = layout.heatmap_name(key, index)
+            save_npy_atomic(layout.path(heat_name), target.heatmap, fsync=False)
+            heatmaps.append(heat_name)
+        else:
+            heatmaps.append(None)
+    write_ms = (time.perf_counter() - start) * 1e3
+    outcome.source = item.source
+    record = record_from_result(outcome, key, overlays, heatmaps, write_ms)
+    # The record goes last and durably: its presence tells --skip-existing this image is complete.
+    _write_text(layout.path(layout.record_name(key)), json.dumps(record, ensure_ascii=False) + "\n")
+    return record, thumbnail_data_uri(outcome.image.bgr), thumbs
+
+
+@contextmanager
+def _progress(enabled: bool, total: int) -> Iterator[Any]:
+    if not enabled:
+        yield lambda _source: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=err_console(), transient=True) as progress:
+        task = progress.add_task("explaining", total=total)
+        yield lambda _source: progress.advance(task)
+
+
+def _summary(report: Report, layout: OutputLayout, wall_s: float) -> None:
+    from rich.table import Table
+
+    counts = report.summary()
+    explained = counts["ok"] - counts["resumed"]
+    table = Table(title="camr explain", show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("images", str(counts["total"]))
+    table.add_row("explained", f"{explained} ({explained / wall_s:.1f}/s)" if wall_s > 0 else str(explained))
+    if counts["resumed"]:
+        table.add_row("already done", str(counts["resumed"]))
+    table.add_row("failed", f"[red]{counts['failed']}[/red]" if counts["failed"] else "0")
+    table.add_row("output", str(layout.root))
+    table.add_row("report", str(layout.path("report.html")))
+    err_console().print(table)
+    from rich.markup import escape
+
+    failures = [r for r in report.records if r["status"] != "ok"]
+    for record in failures[:5]:
+        err_console().print(f"  [red]failed[/red] {escape(record['source'])}: {escape(record['error'] or '')}",
+                            soft_wrap=True)
+    if counts["failed"] > 5:
+        err_console().print(f"  … and {counts['failed'] - 5} more failures in report.json")
+
+
+def _version() -> str:
+    from cam_runtime import __version__
+
+    return __version__
+
