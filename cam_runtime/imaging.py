@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +22,10 @@ from .errors import (
     InvalidArgumentError,
     InvalidImageArrayError,
 )
+
+if "OPENCV_LOG_LEVEL" not in os.environ:
+    # Every decode failure becomes an ImageDecodeError; OpenCV's own stderr lines would break one-line reports.
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_FATAL)
 
 ImageInput = Union[str, Path, bytes, bytearray, memoryview, npt.NDArray[np.generic]]
 """What the engine accepts as one image: a path, encoded bytes, or a decoded array."""
@@ -77,7 +84,7 @@ def load_image(image: ImageInput, *, source: str | None = None, max_pixels: int 
     if isinstance(image, np.ndarray):
         return DecodedImage(array_to_bgr(image, array_order, alpha), name)
     if isinstance(image, str | Path):
-        data = read_file_bytes(Path(image))
+        data = read_file_bytes(Path(image), max_file_bytes(max_pixels))
     elif isinstance(image, bytes | bytearray | memoryview):
         data = bytes(image)
     else:
@@ -87,18 +94,44 @@ def load_image(image: ImageInput, *, source: str | None = None, max_pixels: int 
     return DecodedImage(decode_bytes(data, name, max_pixels=max_pixels, alpha=alpha), name)
 
 
-def read_file_bytes(path: Path) -> bytes:
-    """Read a whole file, mapping OS errors to image errors."""
+def read_file_bytes(path: Path, max_bytes: int | None = None) -> bytes:
+    """Read a whole regular file, mapping OS errors to image errors; refuses FIFOs, devices and huge files."""
     try:
-        return path.read_bytes()
+        # O_NONBLOCK: opening a FIFO named like an image must not hang waiting for a writer.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except FileNotFoundError:
         raise ImageNotFoundError(path) from None
     except IsADirectoryError:
         raise ImageReadError(path, "is a directory") from None
     except PermissionError:
         raise ImageReadError(path, "permission denied") from None
-    except OSError as exc:
-        raise ImageReadError(path, exc.strerror or str(exc)) from None
+    except (OSError, ValueError) as exc:
+        raise ImageReadError(path, getattr(exc, "strerror", None) or str(exc)) from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ImageReadError(path, "is a directory")
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageReadError(path, "not a regular file (device, FIFO or socket)")
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise ImageReadError(path, f"file has {info.st_size} bytes, more than the {max_bytes} allowed")
+        handle = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with handle:
+        try:
+            data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
+        except OSError as exc:
+            raise ImageReadError(path, exc.strerror or str(exc)) from None
+    if max_bytes is not None and len(data) > max_bytes:  # the file grew while we read it
+        raise ImageReadError(path, f"file has more than the {max_bytes} bytes allowed")
+    return data
+
+
+def max_file_bytes(max_pixels: int) -> int:
+    """The largest file accepted for a pixel limit: 16 bytes per pixel (float RGBA) plus 16 MiB of metadata."""
+    return max_pixels * 16 + (16 << 20)
 
 
 def decode_bytes(data: bytes, source: str, *, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -106,8 +139,16 @@ def decode_bytes(data: bytes, source: str, *, max_pixels: int = DEFAULT_MAX_PIXE
     """Decode encoded image bytes to 8-bit BGR, refusing oversized images from their header."""
     if not data:
         raise ImageDecodeError(source, "file is empty")
+    kind = sniff_format(data)
+    if kind is None:
+        # Only formats whose size we can read from the header are decoded, so the pixel limit always holds.
+        raise ImageDecodeError(source, f"not an image in a supported format ({', '.join(SUPPORTED_FORMATS)})")
     size = header_size(data)
-    if size is not None and size[0] * size[1] > max_pixels:
+    if size is None:
+        raise ImageDecodeError(source, f"truncated or corrupt {kind} header (no image size found)")
+    if size[0] <= 0 or size[1] <= 0:
+        raise ImageDecodeError(source, f"{kind} header declares an empty image ({size[0]}x{size[1]})")
+    if size[0] * size[1] > max_pixels:
         raise ImageTooLargeError(source, size[0], size[1], max_pixels)
     buffer = np.frombuffer(data, dtype=np.uint8)
     try:
@@ -120,7 +161,7 @@ def decode_bytes(data: bytes, source: str, *, max_pixels: int = DEFAULT_MAX_PIXE
     except cv2.error as exc:
         raise ImageDecodeError(source, f"OpenCV refused it ({_first_line(str(exc))})") from None
     if bgr is None or bgr.size == 0:
-        raise ImageDecodeError(source, "not a supported image or corrupt data")
+        raise ImageDecodeError(source, f"corrupt or truncated {kind} data")
     if bgr.shape[0] * bgr.shape[1] > max_pixels:
         raise ImageTooLargeError(source, bgr.shape[1], bgr.shape[0], max_pixels)
     return bgr
@@ -162,26 +203,69 @@ def composite_over_white(bgra: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
+SUPPORTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WebP", "TIFF", "PNM")
+"""Formats decoded: exactly those whose image size :func:`header_size` can read before decoding."""
+
+_PNM_MAGIC = re.compile(rb"P[1-6]\s")
+# OpenCV's PNM reader skips whitespace and '#' comments between numbers; the two alternatives cannot
+# overlap, so this pattern runs in linear time on hostile input.
+_PNM_HEADER = re.compile(rb"P[1-6](?:\s|#[^\n\r]*)+(\d{1,20})(?:\s|#[^\n\r]*)+(\d{1,20})")
+_PNM_HEADER_LIMIT = 1 << 16
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The supported format named by the leading magic bytes, or None."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if data.startswith(b"BM"):
+        return "BMP"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "TIFF"
+    if _PNM_MAGIC.match(data):
+        return "PNM"
+    return None
+
+
 def header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) read from a PNG, JPEG, GIF, BMP, WebP or TIFF header without decoding; None if unknown."""
+    """(width, height) read from a PNG, JPEG, GIF, BMP, WebP, TIFF or PNM header without decoding; None if unknown."""
+    readers = {"PNG": _png_size, "JPEG": _jpeg_size, "GIF": _gif_size, "BMP": _bmp_size, "WebP": _webp_size,
+               "TIFF": _tiff_size, "PNM": _pnm_size}
+    kind = sniff_format(data)
+    if kind is None:
+        return None
     try:
-        if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) >= 24:
-            width, height = struct.unpack(">II", data[16:24])
-            return int(width), int(height)
-        if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
-            width, height = struct.unpack("<HH", data[6:10])
-            return int(width), int(height)
-        if data.startswith(b"BM") and len(data) >= 26:
-            width, height = struct.unpack("<ii", data[18:26])
-            return abs(int(width)), abs(int(height))
-        if data.startswith(b"\xff\xd8"):
-            return _jpeg_size(data)
-        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-            return _webp_size(data)
-        if data[:4] in (b"II*\x00", b"MM\x00*"):
-            return _tiff_size(data)
+        return readers[kind](data)
     except struct.error:
         return None
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    if data[12:16] != b"IHDR":  # libpng refuses a PNG whose first chunk is not IHDR
+        return None
+    width, height = struct.unpack(">II", data[16:24])
+    return int(width), int(height)
+
+
+def _gif_size(data: bytes) -> tuple[int, int] | None:
+    width, height = struct.unpack("<HH", data[6:10])
+    return int(width), int(height)
+
+
+def _bmp_size(data: bytes) -> tuple[int, int] | None:
+    # Mirrors OpenCV's BMP reader: OS/2 core headers (12 bytes) hold 16-bit sizes, newer ones 32-bit.
+    header = struct.unpack("<I", data[14:18])[0]
+    if header == 12:
+        width, height = struct.unpack("<HH", data[18:22])
+        return int(width), int(height)
+    if header >= 36:
+        width, height = struct.unpack("<ii", data[18:26])
+        return abs(int(width)), abs(int(height))
     return None
 
 
@@ -189,22 +273,29 @@ _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    pos = 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            return None
-        marker = data[pos + 1]
-        if marker == 0xFF:
+    # Walks markers the way libjpeg does, including its resync over garbage bytes, so the frame size read
+    # here is the one the decoder will allocate for.
+    pos, end = 2, len(data)
+    while pos < end:
+        while pos < end and data[pos] != 0xFF:
             pos += 1
+        while pos < end and data[pos] == 0xFF:
+            pos += 1
+        if pos >= end:
+            return None
+        marker = data[pos]
+        pos += 1
+        if marker == 0x00 or marker == 0x01 or 0xD0 <= marker <= 0xD8:
             continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            pos += 2
-            continue
-        length = struct.unpack(">H", data[pos + 2:pos + 4])[0]
-        if marker in _JPEG_SOF and pos + 9 <= len(data):
-            height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
+        if marker in (0xD9, 0xDA):  # end of image or start of scan before any frame header
+            return None
+        length = struct.unpack(">H", data[pos:pos + 2])[0]
+        if marker in _JPEG_SOF:
+            height, width = struct.unpack(">HH", data[pos + 3:pos + 7])
             return int(width), int(height)
-        pos += 2 + length
+        if length < 2:
+            return None
+        pos += length
     return None
 
 
@@ -223,20 +314,40 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+_TIFF_TYPES = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i", 16: "Q", 17: "q"}
+
+
 def _tiff_size(data: bytes) -> tuple[int, int] | None:
     endian = "<" if data[:2] == b"II" else ">"
-    offset = struct.unpack(endian + "I", data[4:8])[0]
-    count = struct.unpack(endian + "H", data[offset:offset + 2])[0]
-    width = height = None
-    for i in range(min(count, 512)):
-        entry = data[offset + 2 + 12 * i: offset + 14 + 12 * i]
+    if data[2:4] in (b"+\x00", b"\x00+"):  # BigTIFF: 64-bit offsets and counts
+        count_code, value_count_size, entry_size = "Q", 8, 20
+        offset = struct.unpack(endian + "Q", data[8:16])[0]
+    else:
+        count_code, value_count_size, entry_size = "H", 4, 12
+        offset = struct.unpack(endian + "I", data[4:8])[0]
+    count_size = struct.calcsize(count_code)
+    count = struct.unpack(endian + count_code, data[offset:offset + count_size])[0]
+    first = offset + count_size
+    found: dict[int, int] = {}
+    for i in range(min(count, max(0, (len(data) - first) // entry_size))):
+        entry = data[first + entry_size * i:first + entry_size * (i + 1)]
         tag, kind = struct.unpack(endian + "HH", entry[:4])
-        value = struct.unpack(endian + ("H" if kind == 3 else "I"), entry[8:10] if kind == 3 else entry[8:12])[0]
-        if tag == 256:
-            width = int(value)
-        elif tag == 257:
-            height = int(value)
-    return (width, height) if width is not None and height is not None else None
+        if tag not in (256, 257):
+            continue
+        code = _TIFF_TYPES.get(kind)
+        values = entry[4 + value_count_size:]
+        if code is None or struct.calcsize(code) > len(values):
+            return None  # a size stored in a type we cannot read: refuse rather than guess
+        value = int(struct.unpack(endian + code, values[:struct.calcsize(code)])[0])
+        found[tag] = max(found.get(tag, value), value)  # duplicated tags: assume the largest
+    if 256 not in found or 257 not in found:
+        return None
+    return found[256], found[257]
+
+
+def _pnm_size(data: bytes) -> tuple[int, int] | None:
+    match = _PNM_HEADER.match(data[:_PNM_HEADER_LIMIT])
+    return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 def _first_line(text: str) -> str:
