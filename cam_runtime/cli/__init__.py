@@ -34,8 +34,7 @@ def _global(
                                           help="Print the version and exit.")] = False,
 ) -> None:
     """Global options."""
-    if debug:
-        State.debug = True
+    State.debug = debug or State.debug_from_env()
 
 
 # --- command registration: one line per command (other modules add their own line here) -----------------------

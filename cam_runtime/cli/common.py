@@ -41,7 +41,12 @@ DEFAULT_MODEL = Path("models/resnet50")
 class State:
     """Process-wide CLI settings set by the global options."""
 
-    debug: bool = os.environ.get("CAMR_DEBUG", "") not in ("", "0")
+    debug: bool = False
+
+    @staticmethod
+    def debug_from_env() -> bool:
+        """CAMR_DEBUG=1 turns on --debug."""
+        return os.environ.get("CAMR_DEBUG", "") not in ("", "0")
 
 
 class Device(str, Enum):
