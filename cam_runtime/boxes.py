@@ -11,6 +11,8 @@ import numpy.typing as npt
 from .errors import InvalidArgumentError
 
 DEFAULT_THRESHOLD = 0.2
+_MAX_CONTOUR_COMPONENTS = 64
+"""Above this many components (noise-like maps) one labelling pass beats a flood fill per component."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,8 @@ def boxes_from_map(heatmap: npt.NDArray[np.float32], threshold: float = DEFAULT_
                    all_components: bool = False) -> list[Box]:
     """Boxes around the regions where ``heatmap >= threshold * heatmap.max()``.
 
-    The largest connected component (8-connectivity) by default, or every component, largest first.
+    The largest connected component (8-connectivity) by default, or every component, largest first
+    (equal areas in the order ``cv2.connectedComponents`` would label them).
     An all-zero or non-positive map has no boxes.
     """
     if not 0.0 < threshold <= 1.0:
@@ -64,10 +67,55 @@ def boxes_from_map(heatmap: npt.NDArray[np.float32], threshold: float = DEFAULT_
     peak = float(heatmap.max()) if heatmap.size else 0.0
     if not peak > 0.0:
         return []
-    mask = (heatmap >= threshold * peak).astype(np.uint8)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    if count <= 1:
+    mask = (heatmap >= threshold * peak).view(np.uint8)
+    # cv2.connectedComponentsWithStats costs ~6 ns per pixel whatever the content (0.45 ms for 450x300);
+    # the outer contours (Suzuki: 8-connected foreground, like the components) give every component's
+    # bounding box for ~30 us, and a flood fill inside that box gives its pixels, so the work scales with
+    # the components' boxes rather than the image.
+    contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
         return []
+    if len(contours) > _MAX_CONTOUR_COMPONENTS:
+        return _boxes_by_labelling(heatmap, mask, peak, all_components)
+    outer = [(*cv2.boundingRect(c), c) for c, links in zip(contours, hierarchy[0], strict=True)
+             if links[3] == -1]  # the rest are holes' boundaries
+    if not all_components:  # a component has at most w*h pixels: boxes smaller than the best so far can't win
+        outer.sort(key=lambda o: -o[2] * o[3])
+    components = []
+    best = 0
+    for x, y, w, h, contour in outer:
+        if not all_components and w * h < best:
+            break
+        seed = (int(contour[0, 0, 0]) - x, int(contour[0, 0, 1]) - y)
+        region = mask[y:y + h, x:x + w].copy()
+        area = cv2.floodFill(region, None, seed, 2, 0, 0, 8)[0]
+        best = max(best, area)
+        components.append((-area, _label_order(region, x, y), x, y, w, h, region))
+    components.sort(key=lambda c: (c[0], c[1]))
+    if not all_components:
+        components = components[:1]
+    boxes = []
+    for neg_area, _, x, y, w, h, region in components:
+        inside = (region == 2).view(np.uint8)
+        values = heatmap[y:y + h, x:x + w]
+        mean = cv2.mean(np.ascontiguousarray(values, dtype=values.dtype if values.dtype == np.float64
+                                             else np.float32), inside)[0]
+        boxes.append(Box(x, y, x + w, y + h, int(-neg_area), float(mean / peak)))
+    return boxes
+
+
+def _label_order(region: npt.NDArray[np.uint8], x: int, y: int) -> tuple[int, int]:
+    """Where OpenCV's block-based labelling (2x2 blocks in raster order) first meets a filled component."""
+    block_row = y // 2
+    rows = region[:2 * block_row + 2 - y]  # the component's first block row (one or two image rows)
+    first_col = int(np.argmax((rows == 2).any(axis=0)))
+    return block_row, (x + first_col) // 2
+
+
+def _boxes_by_labelling(heatmap: npt.NDArray[np.float32], mask: npt.NDArray[np.uint8], peak: float,
+                        all_components: bool) -> list[Box]:
+    """The same boxes from one full-image labelling with stats (for maps with very many components)."""
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     order = np.argsort(-stats[1:, cv2.CC_STAT_AREA], kind="stable") + 1
     if not all_components:
         order = order[:1]
