@@ -92,6 +92,11 @@ def find_cam_head(model: Any) -> CamHead:
         if kind not in PASS_THROUGH:
             break
         tensor = _single_input(layer, node, name)
+        shape = tuple(tensor.shape)
+        if kind in ("Flatten", "Reshape") and len(shape) == 4 and (shape[1] or 2) * (shape[2] or 2) > 1:
+            raise UnsupportedHeadError(name, f"the head flattens the {shape[1]}x{shape[2]} feature map "
+                                             f"({layer.name!r}) instead of pooling it, so each position has its "
+                                             "own weights")
     if kind != "GlobalAveragePooling2D":
         reason = {
             "Dense": "the Dense classifier follows another Dense layer (a fully connected head, e.g. VGG)",
