@@ -267,3 +267,11 @@ def test_runtime_never_imports_tensorflow(tiny_nhwc: Path, photo_files: dict) ->
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_handmade_nchw_folder_explains_jpeg_and_png(tiny_nchw: Path, photo_files: dict) -> None:
+    engine = CamEngine.load(tiny_nchw, device="cpu")
+    results = engine.explain([photo_files["astronaut.jpg"], photo_files["astronaut.png"]], method="scorecam")
+    assert [r.heatmap.shape for r in results] == [(512, 512), (512, 512)]
+    # JPEG loses a little; the explanation must not change much.
+    assert np.corrcoef(results[0].heatmap.ravel(), results[1].heatmap.ravel())[0, 1] > 0.95
