@@ -1,0 +1,95 @@
+"""``camr quantize``: an INT8 (static QDQ) or FP16 copy of a model folder, with a fidelity report."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .common import DEFAULT_MODEL, ModelOpt, ThreadsOpt, err_console, handle_errors, out_console
+
+
+class Precision(str, Enum):
+    """Which derived model to make."""
+
+    int8 = "int8"
+    fp16 = "fp16"
+
+
+class Activation(str, Enum):
+    """INT8 activation type: measured choice, or forced U8S8 / S8S8."""
+
+    auto = "auto"
+    u8 = "u8"
+    s8 = "s8"
+
+
+class CalibrationMethod(str, Enum):
+    """How activation ranges are estimated from the calibration images."""
+
+    minmax = "minmax"
+    percentile = "percentile"
+    entropy = "entropy"
+
+
+@handle_errors
+def quantize(
+    output: Annotated[Path, typer.Argument(help="New model folder to write (refused if it exists, unless --force).")],
+    calibration: Annotated[Path, typer.Option("--calibration", "-c", help="Folder of calibration images "
+                                              "(representative inputs; 32-128 is typical).")],
+    model: ModelOpt = DEFAULT_MODEL,
+    precision: Annotated[Precision, typer.Option("--precision", "-p", case_sensitive=False,
+                                                 help="int8 (CPU speed) or fp16 (for GPUs).")] = Precision.int8,
+    held_out: Annotated[Path | None, typer.Option("--held-out", help="Folder of other images, not used for "
+                                                  "calibration, for the fidelity report.")] = None,
+    activation: Annotated[Activation, typer.Option("--activation", case_sensitive=False,
+                                                   help="INT8 activations: auto builds U8S8 and S8S8 and keeps "
+                                                        "the faster on this CPU.")] = Activation.auto,
+    method: Annotated[CalibrationMethod, typer.Option("--calibration-method", case_sensitive=False,
+                                                      help="INT8 range estimation.")] = CalibrationMethod.minmax,
+    max_images: Annotated[int, typer.Option("--max-images", min=1, help="Use at most this many images "
+                                            "from each folder.")] = 64,
+    accept_low_fidelity: Annotated[bool, typer.Option("--accept-low-fidelity", help="Write the folder even when "
+                                                      "the fidelity report is below the thresholds.")] = False,
+    min_top1: Annotated[float, typer.Option("--min-top1", min=0.0, max=1.0,
+                                            help="Minimum top-1 agreement with float32.")] = 0.9,
+    min_correlation: Annotated[float, typer.Option("--min-correlation", min=-1.0, max=1.0,
+                                                   help="Minimum mean Pearson correlation of the maps.")] = 0.9,
+    threads: ThreadsOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the fidelity report and choices as JSON.")] = False,
+) -> None:
+    """Write an INT8 or FP16 copy of a model folder and report how closely it follows float32."""
+    from cam_runtime.fidelity import fidelity_table
+
+    log = err_console()
+
+    def show(report: dict[str, Any]) -> None:
+        if as_json:
+            return
+        out_console().print(fidelity_table(report, f"{precision.value.upper()} vs float32 ({model})"))
+
+    common: dict[str, Any] = dict(calibration=calibration, held_out=held_out, max_images=max_images,
+                                  threads=threads, force=force, accept_low_fidelity=accept_low_fidelity,
+                                  min_top1=min_top1, min_correlation=min_correlation, on_report=show,
+                                  log=lambda message: log.print(f"[dim]{message}[/dim]"))
+    if precision is Precision.int8:
+        from cam_runtime.quantize import quantize_folder
+
+        result = quantize_folder(model, output, activation=activation.value, calibrate_method=method.value,
+                                 **common)
+    else:
+        from cam_runtime.fp16 import fp16_folder
+
+        result = fp16_folder(model, output, device="auto", **common)
+    if as_json:
+        typer.echo(json.dumps({"output": str(output), "precision": precision.value, "details": result.details,
+                               "fidelity": {k: v.to_dict() for k, v in result.fidelity.items()}}, indent=2))
+        return
+    latency = result.details.get("batch1_latency_ms", {})
+    timing = ", ".join(f"{k} {v:.1f} ms" for k, v in latency.items())
+    chosen = f" ({result.details['chosen']})" if "chosen" in result.details else ""
+    log.print(f"wrote {output}{chosen}; batch-1 latency: {timing}")

@@ -1,0 +1,144 @@
+"""How faithfully a derived model (INT8, FP16) reproduces its float32 source: predictions, maps and boxes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .boxes import boxes_from_map
+from .engine import CamEngine
+from .errors import CamError, ImageNotFoundError, InvalidArgumentError
+from .imaging import IMAGE_EXTENSIONS
+from .maps import heatmap_at
+from .methods import weighted_sum
+
+MIN_TOP1_AGREEMENT = 0.9
+"""Default acceptance: the derived model's top-1 class equals the float32 one on ≥ 90% of the images."""
+MIN_MEAN_CORRELATION = 0.9
+"""Default acceptance: mean Pearson correlation of the CAM maps (same class, feature resolution) ≥ 0.9."""
+
+
+class FidelityError(CamError, ValueError):
+    """A derived model disagrees with its float32 source more than the acceptance thresholds allow."""
+
+    def __init__(self, variant: str, problems: Sequence[str]) -> None:
+        super().__init__(f"{variant} model rejected: {'; '.join(problems)} (see the fidelity report above; "
+                         "try more or more representative calibration images, or accept with --accept-low-fidelity)")
+
+
+@dataclass(frozen=True)
+class SetFidelity:
+    """Agreement of two models on one image set."""
+
+    images: int
+    top1_agreement: float
+    """Fraction of images whose top-1 class is the same."""
+    map_correlation_mean: float
+    """Mean over images of the Pearson correlation of the two CAM maps for the float32 top-1 class."""
+    map_correlation_min: float
+    box_iou_mean: float
+    """Mean IoU of the largest-component boxes (threshold 0.2) at the original image size."""
+    box_iou_min: float
+    max_abs_probability_diff: float
+
+    def to_dict(self) -> dict[str, float | int]:
+        """JSON-ready fields (rounded)."""
+        return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def image_files(folder: str | Path, limit: int | None = None) -> list[Path]:
+    """The image files directly inside ``folder`` (sorted), at most ``limit``; a clear error when none."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise ImageNotFoundError(root)
+    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise InvalidArgumentError(f"no images ({', '.join(IMAGE_EXTENSIONS[:4])}, …) in {root}")
+    return files[:limit] if limit else files
+
+
+def load_tensors(engine: CamEngine, files: Sequence[Path]) -> tuple[npt.NDArray[np.float32], list[tuple[int, int]]]:
+    """Decode and preprocess images with ``engine``'s manifest: the batch and each original (height, width)."""
+    tensors, sizes = [], []
+    for path in files:
+        image = engine.load_image(path)
+        tensors.append(engine.preprocessor.tensor(image.bgr))
+        sizes.append((image.height, image.width))
+    return np.stack(tensors), sizes
+
+
+def _pearson(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> float:
+    a = a.astype(np.float64).ravel() - a.mean()
+    b = b.astype(np.float64).ravel() - b.mean()
+    denom = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    if denom == 0.0:  # a constant map: correlated only if both are constant
+        return 1.0 if not a.any() and not b.any() else 0.0
+    return float((a * b).sum() / denom)
+
+
+def _run_batched(engine: CamEngine, batch: npt.NDArray[np.float32],
+                 batch_size: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    parts = [engine.run(batch[i:i + batch_size]) for i in range(0, len(batch), batch_size)]
+    return np.concatenate([p for p, _ in parts]), np.concatenate([f for _, f in parts])
+
+
+def compare_on(reference: CamEngine, candidate: CamEngine, batch: npt.NDArray[np.float32],
+               sizes: Sequence[tuple[int, int]], batch_size: int = 8) -> SetFidelity:
+    """Top-1 agreement, map correlation and box IoU of ``candidate`` against ``reference`` on one batch."""
+    probs_ref, feats_ref = _run_batched(reference, batch, batch_size)
+    probs_new, feats_new = _run_batched(candidate, batch, batch_size)
+    top_ref = probs_ref.argmax(axis=1)
+    top_new = probs_new.argmax(axis=1)
+    classes = top_ref[:, None].astype(np.intp)
+    weights = reference.folder.weights
+    maps_ref = weighted_sum(feats_ref, weights.T[classes])[:, 0]
+    maps_new = weighted_sum(feats_new, weights.T[classes])[:, 0]
+    correlations, ious = [], []
+    for i, (height, width) in enumerate(sizes):
+        correlations.append(_pearson(maps_ref[i], maps_new[i]))
+        box_ref = boxes_from_map(heatmap_at(maps_ref[i], height, width))
+        box_new = boxes_from_map(heatmap_at(maps_new[i], height, width))
+        if box_ref and box_new:
+            ious.append(box_ref[0].iou(box_new[0]))
+        else:  # both without a box agree; one without does not
+            ious.append(1.0 if not box_ref and not box_new else 0.0)
+    return SetFidelity(
+        images=len(sizes), top1_agreement=float(np.mean(top_ref == top_new)),
+        map_correlation_mean=float(np.mean(correlations)), map_correlation_min=float(np.min(correlations)),
+        box_iou_mean=float(np.mean(ious)), box_iou_min=float(np.min(ious)),
+        max_abs_probability_diff=float(np.abs(probs_ref - probs_new).max()))
+
+
+def acceptance_problems(report: dict[str, SetFidelity], min_top1: float = MIN_TOP1_AGREEMENT,
+                        min_correlation: float = MIN_MEAN_CORRELATION) -> list[str]:
+    """Human-readable reasons a fidelity report fails the thresholds (empty when it passes)."""
+    problems = []
+    for name, result in report.items():
+        if result.top1_agreement < min_top1:
+            problems.append(f"{name}: top-1 agreement {result.top1_agreement:.1%} < {min_top1:.0%}")
+        if not result.map_correlation_mean >= min_correlation:  # NaN fails too
+            problems.append(f"{name}: mean map correlation {result.map_correlation_mean:.3f} < {min_correlation}")
+    return problems
+
+
+def fidelity_table(report: dict[str, SetFidelity], title: str) -> Any:
+    """A rich table of a fidelity report (one column per image set)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    for name in report:
+        table.add_column(name, justify="right")
+    rows = [("images", "{:d}", "images"), ("top-1 agreement", "{:.1%}", "top1_agreement"),
+            ("map correlation (mean)", "{:.4f}", "map_correlation_mean"),
+            ("map correlation (min)", "{:.4f}", "map_correlation_min"),
+            ("box IoU (mean)", "{:.3f}", "box_iou_mean"), ("box IoU (min)", "{:.3f}", "box_iou_min"),
+            ("max |Δp|", "{:.2e}", "max_abs_probability_diff")]
+    for label, fmt, key in rows:
+        table.add_row(label, *(fmt.format(getattr(r, key)) for r in report.values()))
+    return table

@@ -1,0 +1,67 @@
+"""FP16 model folders for GPUs: float16 weights and compute, float32 inputs and outputs kept."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from .engine import CamEngine
+from .errors import InvalidArgumentError
+from .fidelity import MIN_MEAN_CORRELATION, MIN_TOP1_AGREEMENT, SetFidelity
+from .providers import resolve_providers
+from .variants import (
+    EvaluationSets,
+    VariantResult,
+    candidate_engine,
+    check_output,
+    evaluate,
+    finish_variant,
+    median_latency_ms,
+)
+
+
+def convert_model(model: Path, output: Path) -> Path:
+    """float32 → float16 with onnxruntime's converter, graph inputs/outputs left float32; returns ``output``."""
+    try:
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+    except ImportError as exc:
+        raise InvalidArgumentError(f"FP16 conversion needs onnx and onnxruntime's transformers tools "
+                                   f"(pip install 'cam-runtime[quantize]'): {exc}") from None
+    converted = convert_float_to_float16(onnx.load(str(model)), keep_io_types=True)
+    onnx.save(converted, str(output))
+    return output
+
+
+def fp16_folder(source: str | Path | CamEngine, output: str | Path, *, calibration: str | Path,
+                held_out: str | Path | None = None, device: str = "auto", max_images: int | None = 64,
+                threads: int | None = None, force: bool = False, accept_low_fidelity: bool = False,
+                min_top1: float = MIN_TOP1_AGREEMENT, min_correlation: float = MIN_MEAN_CORRELATION,
+                timing_runs: int = 10, on_report: Callable[[dict[str, SetFidelity]], None] | None = None,
+                log: Callable[[str], None] | None = None) -> VariantResult:
+    """Write an FP16 copy of a model folder, checked against float32 on the images in ``calibration``.
+
+    The fidelity check runs the FP16 graph on ``device`` (CUDA when available with "auto"); on a CPU it
+    works but may be slower than float32 — FP16 is meant for GPUs.
+    """
+    check_output(output, force)
+    say = log or (lambda _message: None)
+    engine = source if isinstance(source, CamEngine) else CamEngine.load(source, device="cpu", threads=threads)
+    sets = EvaluationSets.load(engine, calibration, held_out, max_images)
+    providers = resolve_providers(device)
+    with tempfile.TemporaryDirectory(prefix="camr-fp16-") as tmp:
+        path = convert_model(engine.folder.model_path, Path(tmp) / "fp16.onnx")
+        say("converted to float16 (inputs and outputs kept float32)")
+        candidate = candidate_engine(engine, path, threads, providers)
+        sample = sets.calibration[:1]
+        latency = {"fp32_cpu": median_latency_ms(engine, sample, timing_runs),
+                   f"fp16_{candidate.providers[0].removesuffix('ExecutionProvider').lower()}":
+                       median_latency_ms(candidate, sample, timing_runs)}
+        fidelity = evaluate(engine, candidate, sets)
+        details = {"tool": "onnxruntime.transformers.float16.convert_float_to_float16", "keep_io_types": True,
+                   "checked_on": candidate.providers[0],
+                   "batch1_latency_ms": {k: round(v, 3) for k, v in latency.items()}}
+        return finish_variant(engine, path, output, variant="fp16", fidelity=fidelity, details=details,
+                              force=force, accept_low_fidelity=accept_low_fidelity, min_top1=min_top1,
+                              min_correlation=min_correlation, on_report=on_report)
