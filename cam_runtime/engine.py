@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -88,7 +89,11 @@ class CamEngine:
         warn_on_fallback(providers, session.get_providers())
         engine = cls(folder, session, max_pixels=max_pixels, resize=resize)
         if warmup:
-            engine.warmup()
+            try:
+                engine.warmup()
+            except Exception as exc:  # a graph that loads but cannot run (bad shapes inside, unsupported op)
+                raise GraphMismatchError(f"running {folder.model_path.name} on a zero batch failed: "
+                                         f"{str(exc).strip().splitlines()[0][:300]}") from None
         return engine
 
     def _validate_graph(self) -> None:
@@ -96,6 +101,9 @@ class CamEngine:
         spec = self.manifest.input
         if len(inputs) != 1 or inputs[0].name != spec.name:
             raise GraphMismatchError(f"expected one input named {spec.name!r}, graph has {[i.name for i in inputs]}")
+        if inputs[0].type != "tensor(float)":
+            raise GraphMismatchError(f"input {spec.name!r} has type {inputs[0].type}; the runtime feeds float32 "
+                                     "(tensor(float))")
         shape = inputs[0].shape
         expected = (3, spec.height, spec.width) if spec.layout == "NCHW" else (spec.height, spec.width, 3)
         if len(shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(shape[1:], expected, strict=True)):
@@ -105,6 +113,10 @@ class CamEngine:
         for name in self._output_names:
             if name not in outputs:
                 raise GraphMismatchError(f"output {name!r} missing; graph outputs are {sorted(outputs)}")
+        types = {o.name: o.type for o in self.session.get_outputs()}
+        for name in self._output_names:
+            if types[name] not in ("tensor(float)", "tensor(float16)", "tensor(double)"):
+                raise GraphMismatchError(f"output {name!r} has type {types[name]}; expected a float tensor")
         probs_shape = outputs[self.manifest.outputs.probabilities]
         if len(probs_shape) != 2 or (isinstance(probs_shape[1], int) and probs_shape[1] != self.manifest.num_classes):
             raise GraphMismatchError(f"probabilities output has shape {probs_shape}, expected [N, "
@@ -324,7 +336,8 @@ class CamEngine:
             start = time.perf_counter()
             head = HeadInputs(features, probs, self.folder.weights, targets)
             if isinstance(cam_method, ScoreCAM):
-                cam_method.bind(batch, self.manifest.input.layout, self.predict_probabilities)
+                # bind() stores per-call state: a private copy keeps a caller's ScoreCAM safe to share across threads.
+                cam_method = copy.copy(cam_method).bind(batch, self.manifest.input.layout, self.predict_probabilities)
             raw_maps = cam_method.maps(head)
             shared_ms = (time.perf_counter() - start) * 1e3 / len(good)
             k_shown = max(top_k, targets.shape[1])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -13,6 +15,12 @@ from .errors import ManifestError, UnsafePathError, UnsupportedFormatError
 FORMAT_NAME = "cam-model"
 SUPPORTED_FORMAT_VERSIONS = (1,)
 MANIFEST_FILENAME = "manifest.json"
+MAX_MANIFEST_BYTES = 1 << 20
+"""A manifest is a few KiB; anything above this is refused unread."""
+MAX_INPUT_SIDE = 16384
+"""Largest input height/width accepted (keeps a hostile manifest from asking for a huge warm-up tensor)."""
+MAX_CLASSES = 1_000_000
+"""Largest num_classes accepted."""
 
 Layout = Literal["NHWC", "NCHW"]
 ColorOrder = Literal["RGB", "BGR"]
@@ -102,6 +110,10 @@ class Manifest:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
 
+# Bounds that keep (pixel - mean) / std finite in float32.
+_MAX_PIXEL_CONSTANT = 1e6
+_MIN_STD = 1e-6
+
 _CORE_KEYS = {"format", "format_version", "name", "files", "input", "preprocess", "outputs",
               "num_classes", "sha256"}
 
@@ -127,8 +139,8 @@ def parse_manifest(data: object, source: str | Path = MANIFEST_FILENAME) -> Mani
     reader = _Reader(data, source)
     files_obj = reader.obj("files")
     files = ModelFiles(
-        model=check_relative_path(reader.string(files_obj, "model", "files.model")),
-        weights=check_relative_path(reader.string(files_obj, "weights", "files.weights")),
+        model=reader.path(files_obj, "model"),
+        weights=reader.path(files_obj, "weights"),
         bias=_optional_path(reader, files_obj, "bias"),
         labels=_optional_path(reader, files_obj, "labels"),
     )
@@ -136,8 +148,8 @@ def parse_manifest(data: object, source: str | Path = MANIFEST_FILENAME) -> Mani
     input_spec = InputSpec(
         name=reader.string(inp, "name", "input.name"),
         layout=reader.choice(inp, "layout", LAYOUTS, "input.layout"),  # type: ignore[arg-type]
-        height=reader.positive_int(inp, "height", "input.height"),
-        width=reader.positive_int(inp, "width", "input.width"),
+        height=reader.positive_int(inp, "height", "input.height", MAX_INPUT_SIDE),
+        width=reader.positive_int(inp, "width", "input.width", MAX_INPUT_SIDE),
     )
     pre = reader.obj("preprocess")
     preprocess = Preprocess(
@@ -152,7 +164,7 @@ def parse_manifest(data: object, source: str | Path = MANIFEST_FILENAME) -> Mani
         features=reader.string(out, "features", "outputs.features"),
         features_layout=reader.choice(out, "features_layout", LAYOUTS, "outputs.features_layout"),  # type: ignore[arg-type]
     )
-    num_classes = reader.positive_int(data, "num_classes", "num_classes")
+    num_classes = reader.positive_int(data, "num_classes", "num_classes", MAX_CLASSES)
     sha = data.get("sha256")
     if not isinstance(sha, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in sha.items()):
         raise ManifestError(source, "'sha256' must map file names to hex digests")
@@ -175,23 +187,44 @@ def read_manifest(folder: str | Path) -> Manifest:
     """Read and validate ``folder/manifest.json``."""
     path = Path(folder) / MANIFEST_FILENAME
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_small_text(path, MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         raise ManifestError(path, "file not found (is this a model folder?)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(path, f"cannot read: {exc}") from None
+    except UnicodeDecodeError:
+        raise ManifestError(path, "not UTF-8 text") from None
+    except (OSError, ValueError) as exc:
+        raise ManifestError(path, f"cannot read: {getattr(exc, 'strerror', None) or exc}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ManifestError(path, f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except (ValueError, RecursionError) as exc:  # e.g. integers over Python's digit limit, absurd nesting
+        raise ManifestError(path, f"not valid JSON ({type(exc).__name__}: {str(exc)[:120]})") from None
     return parse_manifest(data, path)
+
+
+def _read_small_text(path: Path, limit: int) -> str:
+    """Read a regular UTF-8 file of at most ``limit`` bytes (FIFOs and devices refused, never blocks on open)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file")
+        if info.st_size > limit:
+            raise ValueError(f"{info.st_size} bytes, more than the {limit} allowed")
+        data = os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ValueError(f"more than the {limit} bytes allowed")
+    return data.decode("utf-8")
 
 
 def _optional_path(reader: _Reader, obj: dict[str, Any], key: str) -> str | None:
     value = obj.get(key)
     if value is None:
         return None
-    return check_relative_path(reader.string(obj, key, f"files.{key}"))
+    return reader.path(obj, key)
 
 
 class _Reader:
@@ -216,24 +249,40 @@ class _Reader:
             raise self.fail(f"'{label}' must be a non-empty string")
         return value
 
+    def path(self, obj: dict[str, Any], key: str) -> str:
+        """A relative file path inside the folder: no NUL, encodable on this file system, no escape."""
+        value = self.string(obj, key, f"files.{key}")
+        try:
+            os.fsencode(value)
+        except UnicodeError:
+            raise self.fail(f"'files.{key}' is not a valid file name") from None
+        if "\x00" in value:
+            raise self.fail(f"'files.{key}' contains a NUL character")
+        return check_relative_path(value)
+
     def choice(self, obj: dict[str, Any], key: str, allowed: tuple[str, ...], label: str) -> str:
         value = obj.get(key)
         if value not in allowed:
             raise self.fail(f"'{label}' is {value!r}; expected one of {', '.join(allowed)}")
         return str(value)
 
-    def positive_int(self, obj: dict[str, Any], key: str, label: str) -> int:
+    def positive_int(self, obj: dict[str, Any], key: str, label: str, maximum: int) -> int:
         value = obj.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise self.fail(f"'{label}' must be a positive integer")
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= maximum:
+            raise self.fail(f"'{label}' must be an integer in [1, {maximum}]")
         return value
 
     def triple(self, obj: dict[str, Any], key: str, label: str, *, positive: bool) -> tuple[float, float, float]:
         value = obj.get(key)
         if (not isinstance(value, list) or len(value) != 3
-                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
-                or not all(math.isfinite(v) for v in value)):
+                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)):
             raise self.fail(f"'{label}' must be a list of 3 finite numbers")
-        if positive and not all(v > 0 for v in value):
-            raise self.fail(f"'{label}' values must be > 0")
-        return (float(value[0]), float(value[1]), float(value[2]))
+        try:
+            numbers = tuple(float(v) for v in value)  # huge JSON integers overflow here
+        except OverflowError:
+            numbers = (math.inf,)
+        if not all(math.isfinite(v) and abs(v) <= _MAX_PIXEL_CONSTANT for v in numbers):
+            raise self.fail(f"'{label}' must be a list of 3 finite numbers (|value| ≤ {_MAX_PIXEL_CONSTANT:g})")
+        if positive and not all(v >= _MIN_STD for v in numbers):
+            raise self.fail(f"'{label}' values must be ≥ {_MIN_STD:g}")
+        return (numbers[0], numbers[1], numbers[2])

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import math
+import os
+import stat
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -20,6 +24,8 @@ from .errors import (
 from .manifest import Manifest, read_manifest
 
 _HASH_CHUNK = 1 << 20
+MAX_SIDE_FILE_BYTES = 1 << 30
+"""Weights, bias and labels files above this size are refused unread (a ResNet50 head is 8 MB)."""
 
 
 def sha256_file(path: str | Path) -> str:
@@ -39,26 +45,88 @@ def imagenet_labels() -> list[str]:
 
 def read_labels(path: str | Path) -> list[str]:
     """One label per line; trailing newline optional; blank lines are refused."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return parse_labels(read_side_file(Path(path), "labels"), str(path))
+
+
+def parse_labels(data: bytes, name: str) -> list[str]:
+    """Labels from the bytes of a UTF-8 labels file (``name`` is used in errors)."""
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise WeightsError(f"labels file {name} is not UTF-8 text") from None
     if any(not line.strip() for line in lines):
-        raise WeightsError(f"{path} has blank lines; expected one label per line")
+        raise WeightsError(f"{name} has blank lines; expected one label per line")
     return [line.strip() for line in lines]
+
+
+def read_side_file(path: Path, role: str, limit: int = MAX_SIDE_FILE_BYTES) -> bytes:
+    """Read a small model file whole: regular files only (never blocks on a FIFO), at most ``limit`` bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise ModelFileNotFoundError(path) from None
+    except OSError as exc:
+        raise WeightsError(f"cannot read {role} file {path.name}: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise WeightsError(f"{role} file {path.name} is not a regular file")
+        if info.st_size > limit:
+            raise WeightsError(f"{role} file {path.name} has {info.st_size} bytes, more than the {limit} allowed")
+        chunks = []
+        remaining = limit + 1
+        while remaining > 0 and (chunk := os.read(fd, min(remaining, _HASH_CHUNK))):
+            chunks.append(chunk)
+            remaining -= len(chunk)
+    except OSError as exc:
+        raise WeightsError(f"cannot read {role} file {path.name}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > limit:
+        raise WeightsError(f"{role} file {path.name} grew past the {limit} bytes allowed while being read")
+    return data
 
 
 def load_npy_float32(path: Path, role: str) -> npt.NDArray[np.float32]:
     """Load a .npy without ever unpickling, and require a finite float array."""
+    return npy_float32_from_bytes(read_side_file(path, role), path.name, role)
+
+
+def npy_float32_from_bytes(data: bytes, name: str, role: str) -> npt.NDArray[np.float32]:
+    """Parse .npy bytes, refusing pickles from the header alone, and require a finite float array."""
+    if data.startswith(b"PK\x03\x04"):
+        raise WeightsError(f"{role} file {name} is a .npz/zip archive, not a .npy file")
+    if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        raise WeightsError(f"{role} file {name} is a Python pickle, not a .npy file; refused, pickles are never loaded")
+    stream = io.BytesIO(data)
     try:
-        array = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        # numpy raises ValueError("Object arrays cannot be loaded when allow_pickle=False") for pickles.
-        raise WeightsError(f"{role} file {path.name} cannot be loaded safely ({exc}); pickles are refused") from None
-    except OSError as exc:
-        raise WeightsError(f"{role} file {path.name} is not a valid .npy file ({exc})") from None
-    if not isinstance(array, np.ndarray) or array.dtype.kind != "f":
-        raise WeightsError(f"{role} file {path.name} must hold a float array, found dtype {array.dtype}")
-    if not np.all(np.isfinite(array)):
-        raise WeightsError(f"{role} file {path.name} holds NaN or infinite values")
-    return np.ascontiguousarray(array, dtype=np.float32)
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except (ValueError, TypeError, SyntaxError, EOFError) as exc:
+        problem = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"{role} file {name} is not a valid .npy file ({problem})") from None
+    if dtype.hasobject:
+        # Decided from the header: the pickle payload after it is never read, let alone unpickled.
+        raise WeightsError(f"{role} file {name} holds Python objects (a pickle); refused, pickles are never loaded")
+    if dtype.kind != "f":
+        raise WeightsError(f"{role} file {name} must hold a float array, found dtype {dtype}")
+    count = math.prod(shape)
+    offset = stream.tell()
+    if len(data) - offset != count * dtype.itemsize:
+        raise WeightsError(f"{role} file {name} declares shape {list(shape)} ({count * dtype.itemsize} bytes of "
+                           f"data) but holds {len(data) - offset} bytes (truncated or padded)")
+    array = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape, order="F" if fortran else "C")
+    with np.errstate(over="ignore"):  # overflow to inf is caught just below
+        out = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.all(np.isfinite(out)):
+        raise WeightsError(f"{role} file {name} holds NaN, infinite or float32-overflowing values")
+    return out
 
 
 @dataclass(frozen=True)
@@ -89,26 +157,32 @@ class ModelFolder:
             raise ModelFolderNotFoundError(folder)
         manifest = read_manifest(root)
         resolved = {role: resolve_inside(root, name) for role, name in manifest.files.present().items()}
-        for role, path in resolved.items():
+        for path in resolved.values():
             if not path.is_file():
                 raise ModelFileNotFoundError(path)
-            if verify_checksums:
-                expected = manifest.sha256[manifest.files.present()[role]]
-                actual = sha256_file(path)
-                if actual != expected:
-                    raise ChecksumMismatchError(path, expected, actual)
-        weights = load_npy_float32(resolved["weights"], "weights")
+        contents: dict[str, bytes] = {}
+        for role, path in resolved.items():
+            if role == "model":
+                actual = sha256_file(path) if verify_checksums else ""
+            else:
+                # The small files are hashed and parsed from the same bytes, so a swap after the check is useless.
+                contents[role] = read_side_file(path, role)
+                actual = hashlib.sha256(contents[role]).hexdigest()
+            expected = manifest.sha256[manifest.files.present()[role]]
+            if verify_checksums and actual != expected:
+                raise ChecksumMismatchError(path, expected, actual)
+        weights = npy_float32_from_bytes(contents["weights"], resolved["weights"].name, "weights")
         k = manifest.num_classes
         if weights.ndim != 2 or weights.shape[1] != k:
             raise WeightsError(f"weights must have shape [C, {k}] (num_classes={k}), found {list(weights.shape)}")
         if "bias" in resolved:
-            bias = load_npy_float32(resolved["bias"], "bias")
+            bias = npy_float32_from_bytes(contents["bias"], resolved["bias"].name, "bias")
             if bias.shape != (k,):
                 raise WeightsError(f"bias must have shape [{k}], found {list(bias.shape)}")
         else:
             bias = np.zeros(k, dtype=np.float32)
         if "labels" in resolved:
-            labels = read_labels(resolved["labels"])
+            labels = parse_labels(contents["labels"], str(resolved["labels"]))
             if len(labels) != k:
                 raise WeightsError(f"labels file has {len(labels)} lines but num_classes is {k}")
         else:

@@ -23,7 +23,7 @@ from cam_runtime.errors import (
 )
 from cam_runtime.imaging import SUPPORTED_FORMATS, header_size, load_image, sniff_format
 from cam_runtime.results import ExplainResult, ImageFailure
-from tests.tiny_models import make_tiny_folder
+from tiny_models import make_tiny_folder
 
 RNG = np.random.default_rng(7)
 PIXELS = RNG.integers(0, 256, (24, 40, 3), dtype=np.uint8)  # RGB
