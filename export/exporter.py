@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,25 @@ PARITY_SEED = 1234
 RANDOM_WEIGHTS_SEED = 0
 
 
-def _quiet_tensorflow() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow, Keras and tf2onnx with the C++ start-up log lines (oneDNN, CPU features) silenced.
+
+    TensorFlow writes them to file descriptor 2 before its logging is configured, so no environment variable
+    turns them off; fd 2 is pointed at /dev/null for the duration of the imports only.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import keras  # noqa: F401
+            import tensorflow  # noqa: F401
+            import tf2onnx  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def export_model(output: str | Path, *, arch: str = "resnet50", weights: str = "imagenet",
@@ -53,7 +71,7 @@ def export_model(output: str | Path, *, arch: str = "resnet50", weights: str = "
     if output.exists() and not force:
         raise OutputExistsError(output)
     labels = _read_labels_arg(labels_path)
-    _quiet_tensorflow()
+    import_tensorflow_quietly()
     import keras
 
     if model_path is not None:
