@@ -67,9 +67,12 @@ def quantize_model(model: Path, output: Path, calibration: npt.NDArray[np.float3
 
 
 def _preprocess_for_quantization(model: Path, output: Path) -> Path:
-    """onnxruntime's recommended pre-pass (shape inference, graph optimisation); the original if it fails."""
+    """onnxruntime's recommended pre-pass (shape inference, graph optimisation); the original if it fails.
+
+    Symbolic shape inference (it needs sympy) is skipped: ONNX's own shape inference covers CNNs.
+    """
     try:
-        _quantization_api().shape_inference.quant_pre_process(str(model), str(output))
+        _quantization_api().shape_inference.quant_pre_process(str(model), str(output), skip_symbolic_shape=True)
     except Exception:  # the pre-pass is an optimisation; quantization works without it
         return model
     return output
