@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import struct
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
+from tiny_models import make_tiny_folder
 
 from cam_runtime.engine import CamEngine
 from cam_runtime.errors import (
@@ -23,7 +25,6 @@ from cam_runtime.errors import (
 )
 from cam_runtime.imaging import SUPPORTED_FORMATS, header_size, load_image, sniff_format
 from cam_runtime.results import ExplainResult, ImageFailure
-from tiny_models import make_tiny_folder
 
 RNG = np.random.default_rng(7)
 PIXELS = RNG.integers(0, 256, (24, 40, 3), dtype=np.uint8)  # RGB
@@ -279,3 +280,28 @@ def test_file_larger_than_any_allowed_image_is_refused_before_reading(tmp_path: 
     with pytest.raises(ImageReadError, match="more than the 1000 allowed"):
         read_file_bytes(big, max_bytes=1000)
     assert max_file_bytes(100) > 1600 and read_file_bytes(big) == big.read_bytes()
+
+
+def test_cli_folder_run_continues_and_exits_1(image_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    from typer.testing import CliRunner
+
+    from cam_runtime.cli import app
+
+    root = tmp_path_factory.mktemp("robust_cli")
+    model = make_tiny_folder(root / "model")
+    out = root / "out"
+    result = CliRunner().invoke(app, ["explain", str(image_dir), "-m", str(model), "-o", str(out), "-q",
+                                      "--format", "png"])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    images = {Path(r["source"]).name: r for r in json.loads((out / "report.json").read_text())["images"]}
+    # link.png and plain.png are one file: the CLI explains it once. Folders named like images are not inputs.
+    explained = {*GOOD, "façade 图像 ü.png", "with space.jpg", "link.png"} - {"plain.png"}
+    assert {name for name, r in images.items() if r["status"] == "ok"} == explained
+    failed = {name: r["error"] for name, r in images.items() if r["status"] != "ok"}
+    assert set(failed) == {*BAD, "dangling.png", "device.jpg", "fifo.png"} - {"jpeg2000.jp2"}
+    for name, error in failed.items():
+        assert error and "\n" not in error and name in error, (name, error)
+    for name in explained:
+        overlays = [t["overlay"] for t in images[name]["targets"]]
+        assert overlays and all(cv2.imread(str(out / o)) is not None for o in overlays)

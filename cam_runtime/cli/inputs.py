@@ -43,7 +43,8 @@ def is_image_name(path: str | Path) -> bool:
 
 def _walk(folder: Path, recursive: bool) -> list[Path]:
     if not recursive:
-        return sorted(p for p in folder.iterdir() if p.is_file() and is_image_name(p.name))
+        # Like os.walk below: every non-folder entry with an image name, so FIFOs and dangling links get a report line.
+        return sorted(p for p in folder.iterdir() if not p.is_dir() and is_image_name(p.name))
     found = []
     # followlinks=False: a symlinked folder loop cannot hang the walk; symlinked files are still picked up.
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):

@@ -163,6 +163,10 @@ def run_explain(engine: CamEngine, items: list[InputItem], output: Path, options
                     sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
                     sys.stdout.flush()
                 advance(item.source)
+        except BaseException:
+            # A signal can land between mkstemp and the atomic write's own cleanup: sweep what it left.
+            remove_stale_temps(layout.root)
+            raise
         finally:
             # Whatever happened (Ctrl-C, SIGTERM, a write error), report what was done.
             if report.records:
