@@ -210,3 +210,13 @@ class ImageEncodeError(OutputError, ValueError):
 
     def __init__(self, fmt: str) -> None:
         super().__init__(f"OpenCV could not encode an image as {fmt!r}")
+
+
+# --- annotations (evaluation) ------------------------------------------------------------------------
+
+
+class AnnotationError(CamError, ValueError):
+    """A ground-truth boxes file (CSV or Pascal VOC XML) is missing, unsafe or malformed."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        super().__init__(f"invalid boxes file {path}: {problem}")
