@@ -206,9 +206,15 @@ def bench_api_folder(engine: Any, photos: list[Path], out: Path) -> dict[str, An
             (out / f"api-{Path(result.source).stem}.json").write_text(json.dumps(result.to_dict()))
         return time.perf_counter() - start
 
+    from cam_runtime.engine import default_threads
+
+    tasks_before = len(os.listdir("/proc/self/task"))
     run()
     wall = min(run() for _ in range(2))
-    return {"images": len(photos), "wall_s": wall, "images_per_s": len(photos) / wall}
+    return {"images": len(photos), "wall_s": wall, "images_per_s": len(photos) / wall,
+            "threads": {"cores_usable": default_threads(), "onnxruntime_intra_op": default_threads(),
+                        "opencv": cv2.getNumThreads(), "openblas": 1, "pipeline_workers": 1,
+                        "process_threads_idle": tasks_before}}
 
 
 def bench_variants(photos: list[Path], repeats: int, log: Any, out: Path) -> dict[str, Any]:
@@ -260,6 +266,11 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
          f"{api['map_upsample_box_us_median'] / 1e3 / s['batch1_ms']:.2%}", "≤ 1%",
          api["map_upsample_box_us_median"] / 1e3 / s["batch1_ms"] <= 0.01),
     ]
+    t = r["api_folder"]["threads"]
+    rows.append(("thread pools: onnxruntime + OpenCV + BLAS extra threads",
+                 f"{t['onnxruntime_intra_op']} + {t['opencv'] - 1} + {t['openblas'] - 1}",
+                 f"≤ {t['cores_usable']} cores",
+                 t["onnxruntime_intra_op"] + t["opencv"] - 1 + t["openblas"] - 1 <= t["cores_usable"]))
     if "variants" in r:
         v = r["variants"]["int8"]
         rows.append(("INT8 speed-up (batch 1)", f"{s['batch1_ms'] / v['batch1_ms']:.2f}x", "≥ 2.5x",

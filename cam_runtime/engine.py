@@ -30,6 +30,7 @@ from .model_folder import ModelFolder
 from .preprocess import Preprocessor
 from .providers import import_onnxruntime, resolve_providers, warn_on_fallback
 from .results import ExplainResult, ImageFailure, Prediction, TargetMap
+from .threads import limit_library_threads
 
 ClassSpec = Union[int, str]
 Targets = Union[None, ClassSpec, Sequence[ClassSpec], Sequence[Sequence[ClassSpec]]]
@@ -65,10 +66,15 @@ class CamEngine:
     @classmethod
     def load(cls, path: str | Path, *, device: str = "auto", threads: int | None = None,
              verify_checksums: bool = True, warmup: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS,
-             resize: str | None = None, cuda_options: dict[str, Any] | None = None) -> CamEngine:
+             resize: str | None = None, cuda_options: dict[str, Any] | None = None,
+             library_threads: int | None = 1, spinning: bool = False) -> CamEngine:
         """Verify a model folder and create its session on ``device`` ("auto", "cpu" or "cuda").
 
         ``threads`` bounds onnxruntime's intra-op threads (default: the cores this process may use).
+        ``library_threads`` sets OpenCV's and OpenBLAS's pools process-wide (default 1: the engine's image
+        work runs on the calling and one pipeline thread, so onnxruntime's pool is the only one; None leaves
+        them alone). ``spinning`` lets idle onnxruntime threads busy-wait: slightly lower batch-1 latency on
+        an idle machine, but they then burn the cores that decoding and writing need.
         ``resize`` overrides the manifest's resize mode (e.g. "area" for better quality than Keras' nearest).
         """
         if threads is not None and threads < 1:
@@ -81,6 +87,10 @@ class CamEngine:
         options.intra_op_num_threads = threads or default_threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if library_threads is not None:
+            limit_library_threads(library_threads)
         try:
             session = ort.InferenceSession(str(folder.model_path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
@@ -245,7 +255,8 @@ class CamEngine:
                      **method_options: Any) -> Iterator[ExplainResult | ImageFailure]:
         """Stream results in input order, one batch in memory at a time; bad inputs yield ImageFailure.
 
-        With ``prefetch`` the next batch is decoded on a worker thread while the current one runs.
+        With ``prefetch`` a worker thread decodes the next batch and runs the model on it while this one's
+        maps are computed and its results consumed (written) by the caller.
         """
         yield from self._explain_stream(images, method=method, top_k=top_k, classes=classes,
                                         batch_size=batch_size, box_threshold=box_threshold, all_boxes=all_boxes,
@@ -278,18 +289,22 @@ class CamEngine:
         decode = self._decode_batch
         offset = 0
         if prefetch:
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cam-decode") as pool:
+            # Pipeline: a worker decodes, preprocesses and runs the model on batch i+1 while this thread
+            # computes maps for batch i and the caller writes its outputs (see docs on thread budgets).
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cam-pipeline") as pool:
                 pending: Future[Any] | None = None
                 for chunk in batches:
-                    future = pool.submit(decode, chunk, alpha_mode, array_order, raise_errors)
+                    future = pool.submit(self._decode_and_run, chunk, alpha_mode, array_order, raise_errors)
                     if pending is not None:
-                        yield from self._finish_batch(pending.result(), cam_method, top_k, classes, box_threshold,
-                                                      all_boxes, offset, total)
-                        offset += len(pending.result())
+                        decoded, inferred = pending.result()
+                        yield from self._finish_batch(decoded, cam_method, top_k, classes, box_threshold,
+                                                      all_boxes, offset, total, inferred)
+                        offset += len(decoded)
                     pending = future
                 if pending is not None:
-                    yield from self._finish_batch(pending.result(), cam_method, top_k, classes, box_threshold,
-                                                  all_boxes, offset, total)
+                    decoded, inferred = pending.result()
+                    yield from self._finish_batch(decoded, cam_method, top_k, classes, box_threshold,
+                                                  all_boxes, offset, total, inferred)
         else:
             for chunk in batches:
                 decoded = decode(chunk, alpha_mode, array_order, raise_errors)
@@ -316,16 +331,27 @@ class CamEngine:
             out.append((decoded, tensor, {"decode": (mid - start) * 1e3, "preprocess": (end - mid) * 1e3}))
         return out
 
+    def _decode_and_run(self, chunk: list[tuple[int, ImageInput]], alpha_mode: AlphaMode,
+                        array_order: ChannelOrder, raise_errors: bool) -> tuple[list[Any], Any]:
+        decoded = self._decode_batch(chunk, alpha_mode, array_order, raise_errors)
+        return decoded, self._run_decoded(decoded)
+
+    def _run_decoded(self, decoded: list[Any]) -> Any:
+        good = [d for d in decoded if not isinstance(d, ImageFailure)]
+        if not good:
+            return None
+        batch = np.stack([t for _, t, _ in good])
+        start = time.perf_counter()
+        probs, features = self.run(batch)
+        return batch, probs, features, (time.perf_counter() - start) * 1e3 / len(good)
+
     def _finish_batch(self, decoded: list[Any], cam_method: CamMethod, top_k: int, classes: Targets,
-                      box_threshold: float, all_boxes: bool, offset: int,
-                      total: int | None) -> Iterator[ExplainResult | ImageFailure]:
+                      box_threshold: float, all_boxes: bool, offset: int, total: int | None,
+                      inferred: Any = None) -> Iterator[ExplainResult | ImageFailure]:
         good = [d for d in decoded if not isinstance(d, ImageFailure)]
         outputs: dict[int, ExplainResult] = {}
         if good:
-            batch = np.stack([t for _, t, _ in good])
-            start = time.perf_counter()
-            probs, features = self.run(batch)
-            infer_ms = (time.perf_counter() - start) * 1e3 / len(good)
+            batch, probs, features, infer_ms = inferred if inferred is not None else self._run_decoded(decoded)
             good_positions = [i for i, d in enumerate(decoded) if not isinstance(d, ImageFailure)]
             per_image_classes = classes
             if _is_per_image(classes):

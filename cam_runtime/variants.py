@@ -74,6 +74,7 @@ def candidate_engine(source: CamEngine, model_path: Path, threads: int | None = 
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as CamEngine.load does
     try:
         session = ort.InferenceSession(str(model_path), sess_options=options,
                                        providers=providers or ["CPUExecutionProvider"])

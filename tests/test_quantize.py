@@ -165,16 +165,23 @@ def test_fidelity_report_catches_corrupted_scale(int8_colours, colours, image_se
     assert accepted.manifest.provenance["fidelity"]["accepted_below_thresholds"] is True
 
 
-@pytest.mark.skipif(not TRAINED_FIXTURE.is_dir(), reason="trained fixture models/fixtures/shapes not built yet")
-def test_trained_fixture_int8_and_corruption_caught(image_sets, tmp_path):
+def test_trained_fixture_int8_faithful_and_corruption_caught(tmp_path):
+    """The trained shapes CNN: INT8 passes the thresholds on held-out glyphs; a corrupted scale does not."""
+    images = sorted((TRAINED_FIXTURE.parent / "shapes-test" / "images").glob("*.png"))
+    calibration, held_out = tmp_path / "calibration", tmp_path / "held-out"
+    for folder, subset in ((calibration, images[:24]), (held_out, images[24:56])):
+        folder.mkdir()
+        for image in subset:
+            (folder / image.name).write_bytes(image.read_bytes())
     source = CamEngine.load(TRAINED_FIXTURE, device="cpu")
-    images = TRAINED_FIXTURE / "examples" if (TRAINED_FIXTURE / "examples").is_dir() else image_sets[1]
-    result = quantize_folder(source, tmp_path / "int8", calibration=images, activation="u8", timing_runs=2,
-                             accept_low_fidelity=True)
-    assert result.fidelity["calibration"].map_correlation_mean > 0.9
+    result = quantize_folder(source, tmp_path / "int8", calibration=calibration, held_out=held_out,
+                             timing_runs=2)  # raises FidelityError if below the thresholds
+    assert result.fidelity["held-out"].top1_agreement >= 0.9
+    assert result.fidelity["held-out"].map_correlation_mean > 0.9
     broken = corrupt_weight_scales(tmp_path / "int8" / "model.onnx", tmp_path / "broken.onnx")
-    sets = EvaluationSets.load(source, images, None)
-    assert acceptance_problems(evaluate(source, candidate_engine(source, broken), sets))
+    sets = EvaluationSets.load(source, calibration, held_out)
+    report = evaluate(source, candidate_engine(source, broken), sets)
+    assert acceptance_problems(report), report
 
 
 def test_fp16_keeps_float32_io_and_matches(colours, image_sets, tmp_path):
