@@ -1,0 +1,398 @@
+"""Localisation and faithfulness metrics for class activation maps, forward passes only (onnxruntime).
+
+Localisation (on the map at the original image size, against ground-truth boxes of the target class):
+
+* **pointing game**: the map's peak (first arg-max) lies inside a ground-truth box of the target.
+* **box IoU**: IoU between the box the runtime draws from the map (largest component above
+  ``box_threshold`` × max) and the best-matching ground-truth box; **CorLoc** is the fraction with IoU ≥ 0.5.
+
+Faithfulness (on the model's input at its own resolution; see ``docs/evaluation.md``):
+
+* **deletion / insertion** (Petsiuk et al. 2018): pixels are replaced by a baseline (deletion) or revealed over
+  it (insertion) in order of decreasing map value, in ``steps`` equal increments; the curve is the target
+  probability after each increment and the score its area (trapezoid over the fraction of pixels, in [0, 1]).
+  Lower deletion and higher insertion AUC mean a more faithful map.
+* **average drop / increase in confidence** (Chattopadhay et al. 2018): the image is multiplied by the
+  [0, 1] map and the target probability compared with the unmasked one: drop = mean(max(0, Y − O) / Y) · 100,
+  increase = % of images with O > Y.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from .annotations import Annotations, GroundTruthBox
+from .boxes import DEFAULT_THRESHOLD, boxes_from_map
+from .engine import CamEngine
+from .errors import CamError, InvalidArgumentError, UnknownClassError, UnsafePathError
+from .imaging import DecodedImage
+from .maps import heatmap_at
+from .preprocess import resize_image
+
+Baseline = Literal["blur", "mean"]
+BASELINES: tuple[str, ...] = ("blur", "mean")
+BLUR_SIGMA_FRACTION = 0.1
+"""Blur baseline: Gaussian sigma as a fraction of the input's longer side (enough to erase small objects)."""
+DEFAULT_STEPS = 32
+CORLOC_IOU = 0.5
+
+FloatArray = npt.NDArray[np.float32]
+
+
+# --- localisation ----------------------------------------------------------------------------------------------
+
+
+def peak(heatmap: FloatArray) -> tuple[int, int] | None:
+    """(x, y) of the map's first maximum, or None for a map with no positive value."""
+    if heatmap.size == 0 or not float(heatmap.max()) > 0.0:
+        return None
+    y, x = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    return int(x), int(y)
+
+
+def pointing_hit(heatmap: FloatArray, boxes: Sequence[GroundTruthBox]) -> bool:
+    """Whether the map's peak lies inside any of ``boxes`` (an empty map never hits)."""
+    point = peak(heatmap)
+    return point is not None and any(box.contains(*point) for box in boxes)
+
+
+def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    """IoU of two (x0, y0, x1, y1) boxes with exclusive x1/y1."""
+    iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def map_box_iou(heatmap: FloatArray, boxes: Sequence[GroundTruthBox],
+                threshold: float = DEFAULT_THRESHOLD) -> float:
+    """Best IoU between the map's box (largest component ≥ threshold × max) and any of ``boxes``; 0 if none."""
+    found = boxes_from_map(heatmap, threshold)
+    if not found or not boxes:
+        return 0.0
+    predicted = (found[0].x0, found[0].y0, found[0].x1, found[0].y1)
+    return max(box_iou(predicted, box.as_tuple()) for box in boxes)
+
+
+# --- faithfulness ------------------------------------------------------------------------------------------------
+
+
+def baseline_image(pixels: FloatArray, baseline: Baseline) -> FloatArray:
+    """What removed pixels become: a strong Gaussian blur of the image or its per-channel mean."""
+    if baseline == "blur":
+        sigma = BLUR_SIGMA_FRACTION * max(pixels.shape[:2])
+        return cv2.GaussianBlur(pixels, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT)
+    if baseline == "mean":
+        return np.broadcast_to(pixels.mean(axis=(0, 1), dtype=np.float32), pixels.shape).astype(np.float32)
+    raise InvalidArgumentError(f"baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
+
+
+def auc(curve: npt.ArrayLike) -> float:
+    """Area under a curve sampled at equal steps over [0, 1] (trapezoid rule)."""
+    values = np.asarray(curve, dtype=np.float64)
+    if values.size < 2:
+        raise InvalidArgumentError("a curve needs at least 2 points")
+    return float((values[:-1] + values[1:]).sum() / (2 * (values.size - 1)))
+
+
+def _ranks(saliency: FloatArray) -> npt.NDArray[np.intp]:
+    """Rank of every pixel by decreasing saliency (ties in raster order)."""
+    order = np.argsort(-saliency.reshape(-1), kind="stable")
+    ranks = np.empty_like(order)
+    ranks[order] = np.arange(order.size)
+    return ranks.reshape(saliency.shape)
+
+
+@dataclass(frozen=True)
+class Faithfulness:
+    """Deletion and insertion curves ([steps + 1] probabilities) and the masked-image probability of one image."""
+
+    deletion: FloatArray
+    insertion: FloatArray
+    full_probability: float
+    masked_probability: float
+
+    @property
+    def deletion_auc(self) -> float:
+        """Area under the deletion curve (lower is better)."""
+        return auc(self.deletion)
+
+    @property
+    def insertion_auc(self) -> float:
+        """Area under the insertion curve (higher is better)."""
+        return auc(self.insertion)
+
+    @property
+    def drop(self) -> float:
+        """max(0, Y − O) / Y · 100 for this image."""
+        y = self.full_probability
+        return 100.0 * max(0.0, y - self.masked_probability) / y if y > 0 else 0.0
+
+    @property
+    def increase(self) -> bool:
+        """Whether the masked image scores higher than the full one."""
+        return self.masked_probability > self.full_probability
+
+
+def faithfulness(engine: CamEngine, pixels: FloatArray, saliency: FloatArray, class_id: int, *,
+                 steps: int = DEFAULT_STEPS, baseline: Baseline = "blur", batch_size: int = 64) -> Faithfulness:
+    """Deletion/insertion curves and the Chattopadhay masked pass for one image, batched through the model.
+
+    ``pixels`` is the image already resized to the model input (float BGR, 0-255); ``saliency`` the [0, 1] map
+    at that size. Every variant is preprocessed exactly like a real input, so any mean/std is handled.
+    """
+    if steps < 1:
+        raise InvalidArgumentError(f"steps must be ≥ 1, got {steps}")
+    if saliency.shape != pixels.shape[:2]:
+        raise InvalidArgumentError(f"saliency shape {saliency.shape} differs from the image's {pixels.shape[:2]}")
+    base = baseline_image(pixels, baseline)
+    ranks = _ranks(saliency)
+    counts = np.rint(np.linspace(0, ranks.size, steps + 1)).astype(np.intp)
+    variants = []
+    for count in counts:
+        removed = (ranks < count)[..., None]
+        variants.append(np.where(removed, base, pixels))
+    for count in counts:
+        shown = (ranks < count)[..., None]
+        variants.append(np.where(shown, pixels, base))
+    variants.append(pixels)
+    variants.append(pixels * np.clip(saliency, 0.0, 1.0)[..., None])
+    probs = predict(engine, variants, batch_size)[:, class_id]
+    n = steps + 1
+    return Faithfulness(deletion=probs[:n], insertion=probs[n:2 * n], full_probability=float(probs[-2]),
+                        masked_probability=float(probs[-1]))
+
+
+def predict(engine: CamEngine, pixel_images: Sequence[FloatArray], batch_size: int = 64) -> FloatArray:
+    """Probabilities [N, K] of float BGR images already at the model's input size."""
+    tensors = np.stack([engine.preprocessor.tensor(image) for image in pixel_images])  # type: ignore[arg-type]
+    return np.concatenate([engine.predict_probabilities(tensors[i:i + batch_size])
+                           for i in range(0, len(tensors), batch_size)])
+
+
+# --- whole-dataset evaluation ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ImageScore:
+    """Per-image results of one method."""
+
+    source: str
+    target: int
+    target_label: str
+    predicted: int
+    correct: bool | None
+    pointing_hit: bool
+    iou: float
+    faithfulness: Faithfulness | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (curves as lists)."""
+        out: dict[str, Any] = {"source": self.source, "target": self.target, "target_label": self.target_label,
+                               "predicted": self.predicted, "correct": self.correct,
+                               "pointing_hit": self.pointing_hit, "iou": round(self.iou, 4)}
+        if self.faithfulness is not None:
+            f = self.faithfulness
+            out.update(deletion_auc=round(f.deletion_auc, 4), insertion_auc=round(f.insertion_auc, 4),
+                       full_probability=round(f.full_probability, 5),
+                       masked_probability=round(f.masked_probability, 5))
+        return out
+
+
+@dataclass
+class MethodReport:
+    """Aggregated metrics of one method over the evaluated images."""
+
+    method: str
+    images: list[ImageScore]
+    box_threshold: float
+
+    def _mean(self, values: Iterable[float]) -> float | None:
+        items = list(values)
+        return float(np.mean(items)) if items else None
+
+    @property
+    def pointing_game(self) -> float | None:
+        """Fraction of images whose map peak is inside a ground-truth box of the target."""
+        return self._mean(float(s.pointing_hit) for s in self.images)
+
+    @property
+    def mean_iou(self) -> float | None:
+        """Mean box IoU."""
+        return self._mean(s.iou for s in self.images)
+
+    @property
+    def corloc(self) -> float | None:
+        """Fraction of images with box IoU ≥ 0.5."""
+        return self._mean(float(s.iou >= CORLOC_IOU) for s in self.images)
+
+    def _faithful(self) -> list[Faithfulness]:
+        return [s.faithfulness for s in self.images if s.faithfulness is not None]
+
+    def mean_curve(self, kind: Literal["deletion", "insertion"]) -> FloatArray | None:
+        """The mean deletion or insertion curve, or None without faithfulness results."""
+        curves = [getattr(f, kind) for f in self._faithful()]
+        return np.mean(curves, axis=0).astype(np.float32) if curves else None
+
+    def summary(self) -> dict[str, Any]:
+        """The aggregated numbers, JSON-ready (None where not computed)."""
+        faithful = self._faithful()
+        labelled = [s.correct for s in self.images if s.correct is not None]
+
+        def rounded(value: float | None) -> float | None:
+            return None if value is None else round(value, 4)
+
+        return {
+            "method": self.method, "images": len(self.images),
+            "accuracy": rounded(self._mean(float(c) for c in labelled)) if labelled else None,
+            "pointing_game": rounded(self.pointing_game), "mean_iou": rounded(self.mean_iou),
+            "corloc": rounded(self.corloc), "box_threshold": self.box_threshold,
+            "deletion_auc": rounded(self._mean(f.deletion_auc for f in faithful)),
+            "insertion_auc": rounded(self._mean(f.insertion_auc for f in faithful)),
+            "average_drop": rounded(self._mean(f.drop for f in faithful)),
+            "increase_in_confidence": rounded(self._mean(100.0 * f.increase for f in faithful)),
+        }
+
+    def to_dict(self, per_image: bool = True) -> dict[str, Any]:
+        """Summary, mean curves and (optionally) per-image scores."""
+        deletion, insertion = self.mean_curve("deletion"), self.mean_curve("insertion")
+        out = {**self.summary(),
+               "deletion_curve": None if deletion is None else [round(float(v), 5) for v in deletion],
+               "insertion_curve": None if insertion is None else [round(float(v), 5) for v in insertion]}
+        if per_image:
+            out["per_image"] = [s.to_dict() for s in self.images]
+        return out
+
+
+@dataclass
+class EvaluationReport:
+    """Everything ``evaluate`` measured: settings, skipped inputs and one report per method."""
+
+    model: str
+    settings: dict[str, Any]
+    methods: list[MethodReport]
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+    def to_dict(self, per_image: bool = True) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return {"model": self.model, "settings": self.settings, "failures": self.failures,
+                "methods": [m.to_dict(per_image) for m in self.methods]}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A decoded image with its ground-truth boxes and the class to explain."""
+
+    image: DecodedImage
+    boxes: list[GroundTruthBox]
+    target: int
+    predicted: int
+    correct: bool | None
+
+
+def load_samples(engine: CamEngine, images_dir: str | Path, annotations: Annotations,
+                 batch_size: int = 16) -> tuple[list[Sample], list[dict[str, str]]]:
+    """Decode every annotated image and choose its target: the boxes' label when given, else the top-1 class.
+
+    Images that cannot be read and labels the model does not know are reported as failures, not raised.
+    """
+    root = Path(images_dir)
+    if not root.is_dir():
+        raise InvalidArgumentError(f"images folder not found: {root}")
+    decoded: list[tuple[DecodedImage, list[GroundTruthBox], int | None]] = []
+    failures: list[dict[str, str]] = []
+    for name in sorted(annotations):
+        boxes = annotations[name]
+        try:
+            path = _inside(root, name)
+            label = next((b.label for b in boxes if b.label), None)
+            gt = engine.class_id(label) if label is not None else None
+            decoded.append((engine.load_image(path, source=name), boxes, gt))
+        except CamError as exc:
+            failures.append({"source": name, "error": str(exc), "error_type": type(exc).__name__})
+    samples: list[Sample] = []
+    for start in range(0, len(decoded), batch_size):
+        chunk = decoded[start:start + batch_size]
+        probs, _ = engine.run(engine.preprocessor.batch([image.bgr for image, _, _ in chunk]))
+        for (image, boxes, gt), row in zip(chunk, probs, strict=True):
+            predicted = int(np.argmax(row))
+            target = predicted if gt is None else gt
+            kept = [b for b in boxes if b.label is None or _same_class(engine, b.label, target)]
+            samples.append(Sample(image, kept, target, predicted, None if gt is None else predicted == gt))
+    return samples, failures
+
+
+def _same_class(engine: CamEngine, label: str, target: int) -> bool:
+    try:
+        return engine.class_id(label) == target
+    except UnknownClassError:
+        return False
+
+
+def _inside(root: Path, name: str) -> Path:
+    path = (root / name).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise UnsafePathError(name)
+    return path
+
+
+def evaluate_method(engine: CamEngine, samples: Sequence[Sample], method: str, *,
+                    box_threshold: float = DEFAULT_THRESHOLD, steps: int | None = DEFAULT_STEPS,
+                    baseline: Baseline = "blur", batch_size: int = 16,
+                    saliency_override: Sequence[FloatArray] | None = None) -> MethodReport:
+    """Explain every sample's target with ``method`` and score it (``steps=None`` skips faithfulness).
+
+    ``saliency_override`` replaces the maps at the model input size for the faithfulness metrics (used to
+    score reference maps such as the ground-truth box or noise).
+    """
+    if baseline not in BASELINES:
+        raise InvalidArgumentError(f"baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
+    spec = engine.manifest.input
+    results = engine.explain([s.image.bgr for s in samples], method=method, classes=[[s.target] for s in samples],
+                             batch_size=batch_size, box_threshold=box_threshold, array_order="BGR")
+    scores = []
+    for index, (sample, result) in enumerate(zip(samples, results, strict=True)):
+        target_map = result.targets[0]
+        scored = ImageScore(source=sample.image.source, target=sample.target,
+                            target_label=engine.labels[sample.target], predicted=sample.predicted,
+                            correct=sample.correct, pointing_hit=pointing_hit(target_map.heatmap, sample.boxes),
+                            iou=map_box_iou(target_map.heatmap, sample.boxes, box_threshold))
+        if steps is not None:
+            pixels = resize_image(sample.image.bgr, spec.height, spec.width,
+                                  engine.preprocessor.resize_mode).astype(np.float32)
+            saliency = (saliency_override[index] if saliency_override is not None
+                        else heatmap_at(target_map.raw, spec.height, spec.width))
+            scored.faithfulness = faithfulness(engine, pixels, saliency, sample.target, steps=steps,
+                                               baseline=baseline, batch_size=max(batch_size, steps + 1))
+        scores.append(scored)
+    return MethodReport(method=results[0].method if results else method, images=scores,
+                        box_threshold=box_threshold)
+
+
+def evaluate(engine: CamEngine, images_dir: str | Path, annotations: Annotations, methods: Sequence[str], *,
+             box_threshold: float = DEFAULT_THRESHOLD, steps: int | None = DEFAULT_STEPS,
+             baseline: Baseline = "blur", batch_size: int = 16) -> EvaluationReport:
+    """Evaluate several methods on the annotated images of ``images_dir``."""
+    if not methods:
+        raise InvalidArgumentError("give at least one method")
+    if not 0.0 < box_threshold <= 1.0:
+        raise InvalidArgumentError(f"box threshold must be in (0, 1], got {box_threshold}")
+    samples, failures = load_samples(engine, images_dir, annotations, batch_size)
+    if not samples:
+        raise InvalidArgumentError(f"none of the {len(annotations)} annotated images could be evaluated"
+                                   + (f" (first error: {failures[0]['error']})" if failures else ""))
+    reports = [evaluate_method(engine, samples, m, box_threshold=box_threshold, steps=steps, baseline=baseline,
+                               batch_size=batch_size) for m in methods]
+    settings = {"images_dir": str(images_dir), "annotated_images": len(annotations), "evaluated": len(samples),
+                "box_threshold": box_threshold, "steps": steps, "baseline": baseline,
+                "blur_sigma_fraction": BLUR_SIGMA_FRACTION if baseline == "blur" else None,
+                "corloc_iou": CORLOC_IOU}
+    return EvaluationReport(model=engine.manifest.name, settings=settings, methods=reports, failures=failures)
