@@ -110,7 +110,7 @@ def test_known_magic_with_random_tail(magic: bytes, tail: bytes) -> None:
     check_decode(magic + tail)
 
 
-@fuzz_settings(3000)
+@fuzz_settings(2000)
 @given(mutated_images())
 def test_mutated_images_decode_or_raise_cam_error(data: bytes) -> None:
     check_decode(data)
