@@ -8,7 +8,7 @@ import typer
 
 from cam_runtime import __version__
 
-from . import bench_cmd, demo_cmd, explain_cmd, export_cmd, info_cmd, quantize_cmd
+from . import bench_cmd, demo_cmd, evaluate_cmd, explain_cmd, export_cmd, info_cmd, quantize_cmd
 from .common import State
 
 app = typer.Typer(
@@ -44,6 +44,7 @@ app.command("info")(info_cmd.info)
 app.command("bench")(bench_cmd.bench)
 app.command("demo")(demo_cmd.demo)
 app.command("quantize")(quantize_cmd.quantize)
+app.command("evaluate")(evaluate_cmd.evaluate)
 # --- end of command registration ----------------------------------------------------------------------------------
 
 

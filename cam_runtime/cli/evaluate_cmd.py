@@ -1,0 +1,118 @@
+"""``camr evaluate``: localisation and faithfulness metrics of CAM methods on images with ground-truth boxes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .common import (
+    DEFAULT_MODEL,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    BatchSizeOpt,
+    Device,
+    DeviceOpt,
+    ModelOpt,
+    ThreadsOpt,
+    handle_errors,
+    load_engine,
+    out_console,
+    warn_line,
+)
+
+REPORT_FILE = "evaluation.json"
+PLOT_FILE = "curves.png"
+
+
+def run_evaluation(model: Path, images: Path, boxes: Path, methods: list[str], *, device: Device | str = "auto",
+                   threads: int | None = None, batch_size: int = 16, steps: int = 32, baseline: str = "blur",
+                   box_threshold: float = 0.2, faithfulness: bool = True) -> Any:
+    """Load the model and the boxes, then evaluate every method (returns an EvaluationReport)."""
+    from cam_runtime.annotations import read_boxes
+    from cam_runtime.evaluation import evaluate
+    from cam_runtime.methods import ALIASES, METHODS
+
+    names = list(METHODS) if [m.lower() for m in methods] == ["all"] else methods
+    for name in names:
+        if ALIASES.get(name.lower(), name.lower()) not in METHODS:
+            from cam_runtime.errors import UnknownMethodError
+
+            raise UnknownMethodError(name, ["all", *METHODS])
+    annotations = read_boxes(boxes)
+    engine = load_engine(model, device, threads)
+    return evaluate(engine, images, annotations, names, box_threshold=box_threshold,
+                    steps=steps if faithfulness else None, baseline=baseline,  # type: ignore[arg-type]
+                    batch_size=batch_size)
+
+
+def write_outputs(report: Any, output: Path, *, per_image: bool = True) -> tuple[Path, Path]:
+    """``evaluation.json`` and ``curves.png`` in ``output``, each written atomically."""
+    from cam_runtime.curves_plot import curves_png
+    from cam_runtime.outputs import write_bytes_atomic, write_text_atomic
+
+    deletion = {m.method: c for m in report.methods if (c := m.mean_curve("deletion")) is not None}
+    insertion = {m.method: c for m in report.methods if (c := m.mean_curve("insertion")) is not None}
+    plot = write_bytes_atomic(output / PLOT_FILE, curves_png(deletion, insertion))
+    data = json.dumps(report.to_dict(per_image), indent=2, allow_nan=False) + "\n"
+    return write_text_atomic(output / REPORT_FILE, data), plot
+
+
+def _table(report: Any) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"{report.model}: {report.settings['evaluated']} images", title_justify="left")
+    columns = [("method", "method"), ("accuracy", "acc"), ("pointing_game", "point"), ("mean_iou", "IoU"),
+               ("corloc", "CorLoc"), ("deletion_auc", "del↓"), ("insertion_auc", "ins↑"),
+               ("average_drop", "drop%↓"), ("increase_in_confidence", "incr%↑")]
+    for _, title in columns:
+        table.add_column(title, justify="left" if title == "method" else "right", no_wrap=True)
+    for method in report.methods:
+        summary = method.summary()
+        table.add_row(*[str(summary[key]) if isinstance(summary[key], str) else
+                        ("-" if summary[key] is None else f"{summary[key]:.3f}") for key, _ in columns])
+    return table
+
+
+@handle_errors
+def evaluate(
+    images: Annotated[Path, typer.Option("--images", "-i", help="Folder holding the annotated images.")],
+    boxes: Annotated[Path, typer.Option("--boxes", help="Boxes: a CSV (filename,x0,y0,x1,y1[,label]), a Pascal "
+                                                        "VOC .xml file or a folder of .xml files.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for evaluation.json and curves.png.")],
+    model: ModelOpt = DEFAULT_MODEL,
+    method: Annotated[list[str] | None, typer.Option("--method", help="CAM method; repeat for several, or "
+                                                                       "'all' (default: cam).")] = None,
+    device: DeviceOpt = Device.auto,
+    threads: ThreadsOpt = None,
+    batch_size: BatchSizeOpt = 16,
+    steps: Annotated[int, typer.Option("--steps", min=1, max=1024,
+                                       help="Deletion/insertion increments (model passes per curve - 1).")] = 32,
+    baseline: Annotated[str, typer.Option("--baseline", help="What removed pixels become: blur or mean.")] = "blur",
+    box_threshold: Annotated[float, typer.Option("--box-threshold", min=0.0, max=1.0,
+                                                 help="Map box: largest region ≥ this fraction of the peak.")] = 0.2,
+    no_faithfulness: Annotated[bool, typer.Option("--no-faithfulness",
+                                                  help="Only localisation metrics (skip deletion/insertion "
+                                                       "and average drop).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing evaluation.json.")] = False,
+) -> None:
+    """Score CAM methods against ground-truth boxes: pointing game, box IoU / CorLoc, deletion and insertion
+    AUC, average drop and increase in confidence. Writes evaluation.json and curves.png.
+
+    Exit status: 0 all annotated images evaluated, 1 some could not be read (listed in the JSON), 2 usage error.
+    """
+    from cam_runtime.errors import OutputExistsError
+
+    if (output / REPORT_FILE).exists() and not force:
+        raise OutputExistsError(output / REPORT_FILE)
+    report = run_evaluation(model, images, boxes, method or ["cam"], device=device, threads=threads,
+                            batch_size=batch_size, steps=steps, baseline=baseline, box_threshold=box_threshold,
+                            faithfulness=not no_faithfulness)
+    json_path, plot_path = write_outputs(report, output)
+    out_console().print(_table(report))
+    for failure in report.failures:
+        warn_line(f"skipped {failure['source']}: {failure['error']}")
+    out_console().print(f"wrote {json_path} and {plot_path}")
+    raise typer.Exit(EXIT_SOME_FAILED if report.failures else EXIT_OK)
