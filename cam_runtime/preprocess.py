@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import cv2
 import numpy as np
 import numpy.typing as npt
@@ -25,11 +27,24 @@ def pil_nearest_indices(src: int, dst: int) -> npt.NDArray[np.intp]:
     return np.minimum(np.cumsum(steps).astype(np.intp), src - 1)
 
 
+@lru_cache(maxsize=64)
+def _pil_nearest_maps(src_h: int, src_w: int, dst_h: int, dst_w: int) -> tuple[npt.NDArray[np.float32], ...]:
+    """cv2.remap maps that pick Pillow's NEAREST pixels (whole-number coordinates, so no rounding is involved)."""
+    rows = pil_nearest_indices(src_h, dst_h).astype(np.float32)
+    cols = pil_nearest_indices(src_w, dst_w).astype(np.float32)
+    return (np.ascontiguousarray(np.broadcast_to(cols[None, :], (dst_h, dst_w))),
+            np.ascontiguousarray(np.broadcast_to(rows[:, None], (dst_h, dst_w))))
+
+
 def resize_image(image: npt.NDArray[np.uint8], height: int, width: int, mode: str) -> npt.NDArray[np.uint8]:
     """Resize an HxWx3 image to (height, width) with the manifest's resize mode."""
     if image.shape[0] == height and image.shape[1] == width:
         return image
     if mode == "nearest":
+        if max(image.shape[:2]) < 32767:  # cv2.remap's coordinate limit (SHRT_MAX)
+            # The same pixels as the fancy-indexing gather below, ~15x faster.
+            map_x, map_y = _pil_nearest_maps(image.shape[0], image.shape[1], height, width)
+            return cv2.remap(image, map_x, map_y, cv2.INTER_NEAREST)
         rows = pil_nearest_indices(image.shape[0], height)
         cols = pil_nearest_indices(image.shape[1], width)
         return image[rows[:, None], cols[None, :]]
@@ -56,15 +71,18 @@ class Preprocessor:
         self._scale = (1.0 / std).astype(np.float32)
         self._offset = (-mean / std).astype(np.float32)
         self._needs_rgb = preprocess.color_order == "RGB"
+        # Every uint8 value's result, computed with exactly the float32 operations above (x * scale, then
+        # + offset): cv2.LUT then does cast, scale and offset in one pass, bit-identical and ~5x faster.
+        levels = np.arange(256, dtype=np.float32)[:, None] * self._scale
+        levels += self._offset
+        self._lut = np.ascontiguousarray(levels.reshape(1, 256, 3), dtype=np.float32)
 
     def tensor(self, bgr: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         """One image → its HxWxC (or CxHxW for NCHW) float32 input, without the batch axis."""
-        resized = resize_image(bgr, self.spec.height, self.spec.width, self.resize_mode)
+        resized = np.ascontiguousarray(resize_image(bgr, self.spec.height, self.spec.width, self.resize_mode))
         if self._needs_rgb:
-            resized = resized[:, :, ::-1]
-        x = resized.astype(np.float32)
-        x *= self._scale
-        x += self._offset
+            resized = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
+        x = cv2.LUT(resized, self._lut)
         if self.spec.layout == "NCHW":
             return np.ascontiguousarray(x.transpose(2, 0, 1))
         return x
