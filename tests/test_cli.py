@@ -14,11 +14,10 @@ from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_models import LABELS, make_tiny_folder
-
 from cam_runtime import __version__
 from cam_runtime.cli import app
 from cam_runtime.cli.bench_cmd import example_images
+from tiny_models import LABELS, make_tiny_folder
 
 runner = CliRunner()
 

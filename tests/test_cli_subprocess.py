@@ -21,9 +21,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_models import make_tiny_folder
-
 from cam_runtime.cli.bench_cmd import example_images
+from tiny_models import make_tiny_folder
 
 REPO = Path(__file__).resolve().parents[1]
 TF_MODULES = ("tensorflow", "keras", "tf2onnx")

@@ -12,11 +12,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from tiny_models import make_tiny_folder
 
 from cam_runtime.engine import CamEngine
 from cam_runtime.methods import ScoreCAM
 from cam_runtime.results import ExplainResult
+from tiny_models import make_tiny_folder
 
 METHODS = ["cam", "gradcam++", "scorecam", "eigencam"]
 THREADS = 4

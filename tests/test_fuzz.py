@@ -19,13 +19,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from tiny_models import make_tiny_folder
 
 from cam_runtime.engine import CamEngine
 from cam_runtime.errors import CamError
 from cam_runtime.imaging import header_size, load_image, sniff_format
 from cam_runtime.manifest import Manifest, parse_manifest
 from cam_runtime.results import ExplainResult, ImageFailure
+from tiny_models import make_tiny_folder
 
 SCALE = float(os.environ.get("CAMR_FUZZ_SCALE", "1"))
 FUZZ_LIMIT = 1 << 20  # a low pixel limit keeps mutated headers from asking for huge (slow) legal decodes

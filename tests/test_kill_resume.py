@@ -14,10 +14,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from tiny_models import make_tiny_folder
 from typer.testing import CliRunner
 
 from cam_runtime.cli import app
+from tiny_models import make_tiny_folder
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD_IMAGES = 200

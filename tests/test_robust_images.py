@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
-from tiny_models import make_tiny_folder
 
 from cam_runtime.engine import CamEngine
 from cam_runtime.errors import (
@@ -25,6 +24,7 @@ from cam_runtime.errors import (
 )
 from cam_runtime.imaging import SUPPORTED_FORMATS, header_size, load_image, sniff_format
 from cam_runtime.results import ExplainResult, ImageFailure
+from tiny_models import make_tiny_folder
 
 RNG = np.random.default_rng(7)
 PIXELS = RNG.integers(0, 256, (24, 40, 3), dtype=np.uint8)  # RGB

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_models import make_tiny_folder, tiny_onnx
 from typer.testing import CliRunner
 
 from cam_runtime.cli import app
@@ -30,6 +29,7 @@ from cam_runtime.errors import (
     WeightsError,
 )
 from cam_runtime.model_folder import ModelFolder
+from tiny_models import make_tiny_folder, tiny_onnx
 
 runner = CliRunner()
 
