@@ -171,9 +171,23 @@ def faithfulness(engine: CamEngine, pixels: FloatArray, saliency: FloatArray, cl
                         masked_probability=float(probs[-1]))
 
 
+def pixels_to_tensor(engine: CamEngine, pixels: FloatArray) -> FloatArray:
+    """Float BGR pixels (0-255, already at the input size) → the model input, as the manifest describes.
+
+    The runtime's :class:`~cam_runtime.preprocess.Preprocessor` takes uint8 only; masked and blended images
+    are fractional, so the same ``(x - mean) / std`` is applied here in float32.
+    """
+    pre = engine.manifest.preprocess
+    x = pixels[..., ::-1] if pre.color_order == "RGB" else pixels
+    x = (x.astype(np.float32) - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+    if engine.manifest.input.layout == "NCHW":
+        x = x.transpose(2, 0, 1)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
 def predict(engine: CamEngine, pixel_images: Sequence[FloatArray], batch_size: int = 64) -> FloatArray:
     """Probabilities [N, K] of float BGR images already at the model's input size."""
-    tensors = np.stack([engine.preprocessor.tensor(image) for image in pixel_images])  # type: ignore[arg-type]
+    tensors = np.stack([pixels_to_tensor(engine, image) for image in pixel_images])
     return np.concatenate([engine.predict_probabilities(tensors[i:i + batch_size])
                            for i in range(0, len(tensors), batch_size)])
 
