@@ -77,6 +77,15 @@ def boxes_from_map(heatmap: npt.NDArray[np.float32], threshold: float = DEFAULT_
         return []
     if len(contours) > _MAX_CONTOUR_COMPONENTS:
         return _boxes_by_labelling(heatmap, mask, peak, all_components)
+    if len(contours) == 1 and heatmap.dtype == np.float32:
+        # One component and no hole (flat maps cover the whole image): its pixels are the mask's, so the
+        # area is a count and the score a thresholded sum, with no per-pixel flood fill.
+        x, y, w, h = cv2.boundingRect(contours[0])
+        values = np.ascontiguousarray(heatmap[y:y + h, x:x + w])
+        below = float(np.nextafter(np.float32(threshold * peak), np.float32(-np.inf)))  # '>' below == '>='
+        total = cv2.sumElems(cv2.threshold(values, below, 0.0, cv2.THRESH_TOZERO)[1])[0]
+        area = cv2.countNonZero(mask[y:y + h, x:x + w])
+        return [Box(x, y, x + w, y + h, area, float(total / area / peak))]
     outer = [(*cv2.boundingRect(c), c) for c, links in zip(contours, hierarchy[0], strict=True)
              if links[3] == -1]  # the rest are holes' boundaries
     if not all_components:  # a component has at most w*h pixels: boxes smaller than the best so far can't win
