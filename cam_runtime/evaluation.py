@@ -303,44 +303,51 @@ class EvaluationReport:
 
 @dataclass(frozen=True)
 class Sample:
-    """A decoded image with its ground-truth boxes and the class to explain."""
+    """An annotated image (decoded again when needed, so a large set never sits in memory) and its target."""
 
-    image: DecodedImage
+    source: str
+    path: Path
     boxes: list[GroundTruthBox]
     target: int
     predicted: int
     correct: bool | None
 
+    def load(self, engine: CamEngine) -> DecodedImage:
+        """Decode the image with the engine's pixel limit."""
+        return engine.load_image(self.path, source=self.source)
+
 
 def load_samples(engine: CamEngine, images_dir: str | Path, annotations: Annotations,
                  batch_size: int = 16) -> tuple[list[Sample], list[dict[str, str]]]:
-    """Decode every annotated image and choose its target: the boxes' label when given, else the top-1 class.
+    """Check every annotated image and choose its target: the boxes' label when given, else the top-1 class.
 
     Images that cannot be read and labels the model does not know are reported as failures, not raised.
+    Images are decoded ``batch_size`` at a time and not kept.
     """
     root = Path(images_dir)
     if not root.is_dir():
         raise InvalidArgumentError(f"images folder not found: {root}")
-    decoded: list[tuple[DecodedImage, list[GroundTruthBox], int | None]] = []
-    failures: list[dict[str, str]] = []
-    for name in sorted(annotations):
-        boxes = annotations[name]
-        try:
-            path = _inside(root, name)
-            label = next((b.label for b in boxes if b.label), None)
-            gt = engine.class_id(label) if label is not None else None
-            decoded.append((engine.load_image(path, source=name), boxes, gt))
-        except CamError as exc:
-            failures.append({"source": name, "error": str(exc), "error_type": type(exc).__name__})
     samples: list[Sample] = []
-    for start in range(0, len(decoded), batch_size):
-        chunk = decoded[start:start + batch_size]
-        probs, _ = engine.run(engine.preprocessor.batch([image.bgr for image, _, _ in chunk]))
-        for (image, boxes, gt), row in zip(chunk, probs, strict=True):
+    failures: list[dict[str, str]] = []
+    names = sorted(annotations)
+    for start in range(0, len(names), batch_size):
+        chunk: list[tuple[str, Path, DecodedImage, int | None]] = []
+        for name in names[start:start + batch_size]:
+            try:
+                path = _inside(root, name)
+                label = next((b.label for b in annotations[name] if b.label), None)
+                gt = engine.class_id(label) if label is not None else None
+                chunk.append((name, path, engine.load_image(path, source=name), gt))
+            except CamError as exc:
+                failures.append({"source": name, "error": str(exc), "error_type": type(exc).__name__})
+        if not chunk:
+            continue
+        probs, _ = engine.run(engine.preprocessor.batch([image.bgr for _, _, image, _ in chunk]))
+        for (name, path, _, gt), row in zip(chunk, probs, strict=True):
             predicted = int(np.argmax(row))
             target = predicted if gt is None else gt
-            kept = [b for b in boxes if b.label is None or _same_class(engine, b.label, target)]
-            samples.append(Sample(image, kept, target, predicted, None if gt is None else predicted == gt))
+            kept = [b for b in annotations[name] if b.label is None or _same_class(engine, b.label, target)]
+            samples.append(Sample(name, path, kept, target, predicted, None if gt is None else predicted == gt))
     return samples, failures
 
 
@@ -370,25 +377,30 @@ def evaluate_method(engine: CamEngine, samples: Sequence[Sample], method: str, *
     if baseline not in BASELINES:
         raise InvalidArgumentError(f"baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
     spec = engine.manifest.input
-    results = engine.explain([s.image.bgr for s in samples], method=method, classes=[[s.target] for s in samples],
-                             batch_size=batch_size, box_threshold=box_threshold, array_order="BGR")
-    scores = []
-    for index, (sample, result) in enumerate(zip(samples, results, strict=True)):
-        target_map = result.targets[0]
-        scored = ImageScore(source=sample.image.source, target=sample.target,
-                            target_label=engine.labels[sample.target], predicted=sample.predicted,
-                            correct=sample.correct, pointing_hit=pointing_hit(target_map.heatmap, sample.boxes),
-                            iou=map_box_iou(target_map.heatmap, sample.boxes, box_threshold))
-        if steps is not None:
-            pixels = resize_image(sample.image.bgr, spec.height, spec.width,
-                                  engine.preprocessor.resize_mode).astype(np.float32)
-            saliency = (saliency_override[index] if saliency_override is not None
-                        else heatmap_at(target_map.raw, spec.height, spec.width))
-            scored.faithfulness = faithfulness(engine, pixels, saliency, sample.target, steps=steps,
-                                               baseline=baseline, batch_size=max(batch_size, steps + 1))
-        scores.append(scored)
-    return MethodReport(method=results[0].method if results else method, images=scores,
-                        box_threshold=box_threshold)
+    scores: list[ImageScore] = []
+    name = method
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start:start + batch_size]
+        images = [s.load(engine) for s in chunk]
+        results = engine.explain([image.bgr for image in images], method=method,
+                                 classes=[[s.target] for s in chunk], batch_size=batch_size,
+                                 box_threshold=box_threshold, array_order="BGR")
+        for offset, (sample, image, result) in enumerate(zip(chunk, images, results, strict=True)):
+            name = result.method
+            target_map = result.targets[0]
+            scored = ImageScore(source=sample.source, target=sample.target,
+                                target_label=engine.labels[sample.target], predicted=sample.predicted,
+                                correct=sample.correct, pointing_hit=pointing_hit(target_map.heatmap, sample.boxes),
+                                iou=map_box_iou(target_map.heatmap, sample.boxes, box_threshold))
+            if steps is not None:
+                pixels = resize_image(image.bgr, spec.height, spec.width,
+                                      engine.preprocessor.resize_mode).astype(np.float32)
+                saliency = (saliency_override[start + offset] if saliency_override is not None
+                            else heatmap_at(target_map.raw, spec.height, spec.width))
+                scored.faithfulness = faithfulness(engine, pixels, saliency, sample.target, steps=steps,
+                                                   baseline=baseline, batch_size=max(batch_size, steps + 1))
+            scores.append(scored)
+    return MethodReport(method=name, images=scores, box_threshold=box_threshold)
 
 
 def evaluate(engine: CamEngine, images_dir: str | Path, annotations: Annotations, methods: Sequence[str], *,

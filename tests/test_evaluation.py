@@ -121,7 +121,7 @@ def subset(fixture_engine: CamEngine) -> list[Sample]:
 
 def test_perfect_map_beats_random_map(fixture_engine: CamEngine, subset: list[Sample]) -> None:
     size = fixture_engine.manifest.input.height
-    scale = size / subset[0].image.height
+    scale = size / subset[0].load(fixture_engine).height
     perfect = [box_map((size, size), tuple(round(v * scale) for v in s.boxes[0].as_tuple())) for s in subset]
     rng = np.random.default_rng(0)
     noise = [rng.uniform(0, 1, (size, size)).astype(np.float32) for _ in subset]
@@ -310,3 +310,17 @@ def test_evaluate_bad_input_is_one_line_error(small_set: Path, tmp_path: Path, a
     assert code == 2
     assert text.strip().startswith("error:") and len(text.strip().splitlines()) == 1
     assert not (tmp_path / "evaluation.json").exists()
+
+
+def test_unknown_labels_and_escaping_names_are_failures(fixture_engine: CamEngine) -> None:
+    name = sorted(read_boxes(TEST_SET / "boxes.csv"))[0]
+    annotations = {name: [GroundTruthBox(0, 0, 5, 5, "hexagon")], "../boxes.csv": [GroundTruthBox(0, 0, 5, 5)],
+                   "missing.png": [GroundTruthBox(0, 0, 5, 5)]}
+    samples, failures = load_samples(fixture_engine, TEST_SET / "images", annotations)
+    assert samples == []
+    assert {f["source"]: f["error_type"] for f in failures} == {
+        name: "UnknownClassError", "../boxes.csv": "UnsafePathError", "missing.png": "ImageNotFoundError"}
+    with pytest.raises(InvalidArgumentError, match="none of the 3"):
+        from cam_runtime.evaluation import evaluate
+
+        evaluate(fixture_engine, TEST_SET / "images", annotations, ["cam"])

@@ -85,15 +85,16 @@ def test_every_method_pointing_game(method_reports: dict[str, MethodReport]) -> 
 
 def test_a_shifted_map_misses(shapes_engine: CamEngine, shapes_samples: list[Sample]) -> None:
     """The metric can fail: moving every box away from the object drops the pointing game to near zero."""
+    from dataclasses import replace
+
     from cam_runtime.annotations import GroundTruthBox
-    from cam_runtime.evaluation import Sample as S
 
     moved = []
     for s in shapes_samples[:40]:
         b = s.boxes[0]
         dx = 24 if b.x0 < 24 else -24
         shifted = GroundTruthBox(max(b.x0 + dx, 0), b.y0, max(b.x1 + dx, 1), b.y1, b.label)
-        moved.append(S(s.image, [shifted], s.target, s.predicted, s.correct))
+        moved.append(replace(s, boxes=[shifted]))
     report = evaluate_method(shapes_engine, moved, "cam", box_threshold=BOX_THRESHOLD, steps=None)
     assert report.pointing_game is not None and report.pointing_game <= 0.2
 
