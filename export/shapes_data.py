@@ -17,7 +17,7 @@ CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "star")
 """Class labels in id order."""
 
 IMAGE_SIZE = 48
-MIN_OBJECT, MAX_OBJECT = 14, 28
+MIN_OBJECT, MAX_OBJECT = 18, 30
 """Object size range in pixels (side of the square the glyph is drawn in)."""
 
 
