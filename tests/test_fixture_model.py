@@ -130,3 +130,22 @@ def test_training_script_runs(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "model" / "manifest.json").read_text())["fixture"]["seed"] == 3
     assert len(read_boxes(tmp_path / "test" / "boxes.csv")) == 20
     assert len(list((tmp_path / "test" / "voc").glob("*.xml"))) == 2
+
+
+def test_box_threshold_chosen_on_validation_holds_on_test(tmp_path_factory: pytest.TempPathFactory,
+                                                          shapes_engine: CamEngine,
+                                                          shapes_samples: list[Sample]) -> None:
+    """No peeking: pick the box threshold on a fresh validation split (a seed used for neither training nor the
+    held-out set), then measure CorLoc on the held-out set with that threshold."""
+    from export.shapes_data import make_dataset, write_test_set
+    from export.train_fixture import DEFAULT_SEED
+
+    folder = write_test_set(tmp_path_factory.mktemp("validation"), make_dataset(100, DEFAULT_SEED + 2))
+    validation, failures = load_samples(shapes_engine, folder / "images", read_boxes(folder / "boxes.csv"))
+    assert not failures and len(validation) == 100
+    grid = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+    scores = {t: evaluate_method(shapes_engine, validation, "cam", box_threshold=t, steps=None).corloc for t in grid}
+    chosen = max(grid, key=lambda t: scores[t] or 0.0)
+    held_out = evaluate_method(shapes_engine, shapes_samples, "cam", box_threshold=chosen, steps=None)
+    print(f"validation CorLoc by threshold {scores}; chosen {chosen}; held-out CorLoc {held_out.corloc:.3f}")
+    assert held_out.corloc is not None and held_out.corloc >= 0.70
