@@ -10,7 +10,6 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from tiny_models import make_tiny_folder
 
 from cam_runtime.engine import CamEngine
 from cam_runtime.errors import InvalidArgumentError, OutputExistsError
@@ -20,6 +19,7 @@ from cam_runtime.fp16 import fp16_folder
 from cam_runtime.manifest import InputSpec, OutputSpec, Preprocess
 from cam_runtime.quantize import quantize_folder
 from cam_runtime.variants import EvaluationSets, candidate_engine, evaluate, finish_variant
+from tiny_models import make_tiny_folder
 
 SIZE = 64
 COLORS = {"red": (0, 0, 255), "green": (0, 255, 0), "blue": (255, 0, 0)}  # BGR
