@@ -97,7 +97,7 @@ def ensure_model(log: Any) -> None:
     """Export ResNet50 with random weights if the folder is missing (~40 s)."""
     if (MODEL / "manifest.json").is_file():
         return
-    log(f"exporting {MODEL.relative_to(ROOT)} (random weights, ~40 s)")
+    log(f"exporting {MODEL} (random weights, ~40 s)")
     subprocess.run([sys.executable, "-m", "export", "--arch", "resnet50", "--weights", "random", "--output",
                     str(MODEL)], check=True, cwd=ROOT)
 
