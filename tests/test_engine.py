@@ -275,3 +275,19 @@ def test_handmade_nchw_folder_explains_jpeg_and_png(tiny_nchw: Path, photo_files
     assert [r.heatmap.shape for r in results] == [(512, 512), (512, 512)]
     # JPEG loses a little; the explanation must not change much.
     assert np.corrcoef(results[0].heatmap.ravel(), results[1].heatmap.ravel())[0, 1] > 0.95
+
+
+def test_exif_orientation_is_applied(tmp_path: Path, photo_arrays: dict) -> None:
+    from PIL import Image
+
+    from cam_runtime.imaging import load_image
+
+    rgb = photo_arrays["chelsea"]  # 300x451
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    Image.fromarray(rgb).save(tmp_path / "rotated.jpg", quality=95, exif=exif)
+    Image.fromarray(rgb).save(tmp_path / "plain.jpg", quality=95)
+    rotated = load_image(tmp_path / "rotated.jpg").bgr
+    plain = load_image(tmp_path / "plain.jpg").bgr
+    assert rotated.shape == (451, 300, 3) and plain.shape == (300, 451, 3)
+    np.testing.assert_array_equal(rotated, cv2.rotate(plain, cv2.ROTATE_90_CLOCKWISE))

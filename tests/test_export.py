@@ -25,6 +25,7 @@ from export.errors import (  # noqa: E402
     KerasModelNotFoundError,
     LabelsError,
     UnsupportedHeadError,
+    WeightsFileError,
     WeightsUnavailableError,
 )
 from export.exporter import _build_application, export_model  # noqa: E402
@@ -299,3 +300,16 @@ def test_gradcam_logit_equals_cam_over_hw(resnet_folder: Path, photo_files: dict
     cam = engine.explain(photo_files["coffee.jpg"], method="cam")[0].targets[0].raw
     grad = engine.explain(photo_files["coffee.jpg"], method="gradcam")[0].targets[0].raw
     np.testing.assert_allclose(grad, np.maximum(cam, 0) / 49, rtol=1e-5, atol=1e-6 * np.abs(cam).max())
+
+
+def test_local_weights_file(tmp_path: Path) -> None:
+    keras.utils.set_random_seed(11)
+    source = ARCHITECTURES["mobilenetv2"].build(None, 96)
+    source.save_weights(tmp_path / "mnv2.weights.h5")
+    manifest = export_model(tmp_path / "out", arch="mobilenetv2", weights=str(tmp_path / "mnv2.weights.h5"),
+                            input_size=96)
+    assert manifest.provenance["weights"].startswith("file mnv2.weights.h5 sha256 ")
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "dense_weights.npy"),
+                                  find_cam_head(source).dense.kernel.numpy())
+    with pytest.raises(WeightsFileError):
+        export_model(tmp_path / "bad", arch="mobilenetv2", weights=str(tmp_path / "missing.h5"), input_size=96)
