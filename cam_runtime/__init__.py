@@ -5,6 +5,7 @@ from __future__ import annotations
 from .boxes import Box, boxes_from_map
 from .engine import CamEngine
 from .errors import CamError, ImageError, ModelLoadingError
+from .folders import iter_image_files
 from .imaging import load_image
 from .manifest import Manifest, read_manifest
 from .methods import METHODS, get_method
@@ -30,6 +31,7 @@ __all__ = [
     "boxes_from_map",
     "get_method",
     "imagenet_labels",
+    "iter_image_files",
     "load_image",
     "read_manifest",
 ]

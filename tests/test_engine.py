@@ -291,3 +291,27 @@ def test_exif_orientation_is_applied(tmp_path: Path, photo_arrays: dict) -> None
     plain = load_image(tmp_path / "plain.jpg").bgr
     assert rotated.shape == (451, 300, 3) and plain.shape == (300, 451, 3)
     np.testing.assert_array_equal(rotated, cv2.rotate(plain, cv2.ROTATE_90_CLOCKWISE))
+
+
+def test_folder_stream_pulls_inputs_lazily(tiny_nhwc: Path, photo_arrays: dict, tmp_path: Path) -> None:
+    from cam_runtime import iter_image_files
+
+    for i in range(40):
+        sub = tmp_path / f"d{i % 3}"
+        sub.mkdir(exist_ok=True)
+        cv2.imwrite(str(sub / f"{i:03d}.png"), photo_arrays["coffee"][::8, ::8])
+    (tmp_path / "notes.txt").write_text("not an image")
+    pulled = 0
+
+    def counting():
+        nonlocal pulled
+        for path in iter_image_files(tmp_path):
+            pulled += 1
+            yield path
+
+    stream = CamEngine.load(tiny_nhwc, device="cpu").iter_explain(counting(), batch_size=4)
+    first = next(stream)
+    assert first.source.endswith("000.png")
+    assert pulled <= 12, f"{pulled} inputs pulled before the first result: the stream is not lazy"
+    assert 1 + sum(1 for _ in stream) == 40 and pulled == 40
+    assert [p.name for p in iter_image_files(tmp_path, recursive=False)] == []
