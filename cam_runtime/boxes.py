@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import cv2
 import numpy as np
@@ -86,7 +87,9 @@ def boxes_from_map(heatmap: npt.NDArray[np.float32], threshold: float = DEFAULT_
         total = cv2.sumElems(cv2.threshold(values, below, 0.0, cv2.THRESH_TOZERO)[1])[0]
         area = cv2.countNonZero(mask[y:y + h, x:x + w])
         return [Box(x, y, x + w, y + h, area, float(total / area / peak))]
-    outer = [(*cv2.boundingRect(c), c) for c, links in zip(contours, hierarchy[0], strict=True)
+    # cv2's stubs type a Rect as Sequence[int]; boundingRect returns an (x, y, w, h) tuple.
+    outer = [(*cast("tuple[int, int, int, int]", cv2.boundingRect(c)), c)
+             for c, links in zip(contours, hierarchy[0], strict=True)
              if links[3] == -1]  # the rest are holes' boundaries
     if not all_components:  # a component has at most w*h pixels: boxes smaller than the best so far can't win
         outer.sort(key=lambda o: -o[2] * o[3])

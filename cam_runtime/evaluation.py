@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import cv2
 import numpy as np
@@ -89,7 +89,8 @@ def baseline_image(pixels: FloatArray, baseline: Baseline) -> FloatArray:
     """What removed pixels become: a strong Gaussian blur of the image or its per-channel mean."""
     if baseline == "blur":
         sigma = BLUR_SIGMA_FRACTION * max(pixels.shape[:2])
-        return cv2.GaussianBlur(pixels, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT)
+        return cast(FloatArray, cv2.GaussianBlur(pixels, (0, 0), sigmaX=sigma, sigmaY=sigma,
+                                                 borderType=cv2.BORDER_REFLECT))
     if baseline == "mean":
         return np.broadcast_to(pixels.mean(axis=(0, 1), dtype=np.float32), pixels.shape).astype(np.float32)
     raise InvalidArgumentError(f"baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
@@ -179,7 +180,8 @@ def pixels_to_tensor(engine: CamEngine, pixels: FloatArray) -> FloatArray:
     """
     pre = engine.manifest.preprocess
     x = pixels[..., ::-1] if pre.color_order == "RGB" else pixels
-    x = (x.astype(np.float32) - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+    x = x.astype(np.float32) - np.asarray(pre.mean, np.float32)
+    x /= np.asarray(pre.std, np.float32)
     if engine.manifest.input.layout == "NCHW":
         x = x.transpose(2, 0, 1)
     return np.ascontiguousarray(x, dtype=np.float32)

@@ -8,7 +8,7 @@ import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal, Union, cast
 
 import cv2
 import numpy as np
@@ -60,7 +60,7 @@ class DecodedImage:
 
     def rgb(self) -> npt.NDArray[np.uint8]:
         """The image in RGB order (a new array)."""
-        return cv2.cvtColor(self.bgr, cv2.COLOR_BGR2RGB)
+        return cast("npt.NDArray[np.uint8]", cv2.cvtColor(self.bgr, cv2.COLOR_BGR2RGB))
 
 
 def describe_source(image: ImageInput, index: int | None = None) -> str:
@@ -164,7 +164,7 @@ def decode_bytes(data: bytes, source: str, *, max_pixels: int = DEFAULT_MAX_PIXE
         raise ImageDecodeError(source, f"corrupt or truncated {kind} data")
     if bgr.shape[0] * bgr.shape[1] > max_pixels:
         raise ImageTooLargeError(source, bgr.shape[1], bgr.shape[0], max_pixels)
-    return bgr
+    return cast("npt.NDArray[np.uint8]", bgr)  # IMREAD_COLOR always decodes to 8-bit BGR
 
 
 def array_to_bgr(array: npt.NDArray[np.generic], order: ChannelOrder = "RGB",
@@ -178,12 +178,14 @@ def array_to_bgr(array: npt.NDArray[np.generic], order: ChannelOrder = "RGB",
         raise InvalidImageArrayError(tuple(array.shape), array.dtype)
     img = to_uint8(array)
     if img.ndim == 2 or img.shape[2] == 1:
-        return cv2.cvtColor(img.reshape(img.shape[0], img.shape[1]), cv2.COLOR_GRAY2BGR)
+        return cast("npt.NDArray[np.uint8]", cv2.cvtColor(img.reshape(img.shape[0], img.shape[1]), cv2.COLOR_GRAY2BGR))
     if img.shape[2] == 4:
         if order == "RGB":
-            img = cv2.cvtColor(img, cv2.COLOR_RGBA2BGRA)
+            img = cast("npt.NDArray[np.uint8]", cv2.cvtColor(img, cv2.COLOR_RGBA2BGRA))
         return composite_over_white(img) if alpha == "composite" else np.ascontiguousarray(img[:, :, :3])
-    return cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if order == "RGB" else np.ascontiguousarray(img)
+    if order == "RGB":
+        return cast("npt.NDArray[np.uint8]", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    return np.ascontiguousarray(img)
 
 
 def to_uint8(array: npt.NDArray[np.generic]) -> npt.NDArray[np.uint8]:

@@ -168,12 +168,12 @@ def parse_manifest(data: object, source: str | Path = MANIFEST_FILENAME) -> Mani
     sha = data.get("sha256")
     if not isinstance(sha, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in sha.items()):
         raise ManifestError(source, "'sha256' must map file names to hex digests")
-    for role, name in files.present().items():
-        digest = sha.get(name)
+    for role, file_name in files.present().items():
+        digest = sha.get(file_name)
         if digest is None:
-            raise ManifestError(source, f"'sha256' has no digest for the {role} file {name!r}")
+            raise ManifestError(source, f"'sha256' has no digest for the {role} file {file_name!r}")
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower()):
-            raise ManifestError(source, f"'sha256' digest for {name!r} is not 64 hex digits")
+            raise ManifestError(source, f"'sha256' digest for {file_name!r} is not 64 hex digits")
     name = data.get("name")
     if not isinstance(name, str) or not name:
         raise ManifestError(source, "'name' must be a non-empty string")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import cv2
 import numpy as np
 import numpy.typing as npt
@@ -9,7 +11,8 @@ import numpy.typing as npt
 
 def upsample(raw: npt.NDArray[np.float32], height: int, width: int) -> npt.NDArray[np.float32]:
     """Bilinear resize with half-pixel centres (cv2.INTER_LINEAR) of an [h, w] map to [height, width]."""
-    return cv2.resize(np.ascontiguousarray(raw, dtype=np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    return cast("npt.NDArray[np.float32]", cv2.resize(np.ascontiguousarray(raw, dtype=np.float32), (width, height),
+                                                     interpolation=cv2.INTER_LINEAR))
 
 
 def normalize(heatmap: npt.NDArray[np.float32], *, inplace: bool = False) -> npt.NDArray[np.float32]:
@@ -28,7 +31,7 @@ def normalize(heatmap: npt.NDArray[np.float32], *, inplace: bool = False) -> npt
     if inplace and heatmap.dtype == np.float32 and heatmap.flags.c_contiguous:
         # cv2's TOZERO threshold is max(m, 0) at ~10x the speed of np.maximum with a scalar (no NaN here:
         # a NaN would have made the peak non-finite above).
-        out = cv2.threshold(heatmap, 0.0, 0.0, cv2.THRESH_TOZERO, dst=heatmap)[1]
+        out = cast("npt.NDArray[np.float32]", cv2.threshold(heatmap, 0.0, 0.0, cv2.THRESH_TOZERO, dst=heatmap)[1])
     else:
         out = np.maximum(heatmap, 0.0)
     out *= np.float32(1.0 / peak)

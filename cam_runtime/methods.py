@@ -62,7 +62,7 @@ class HeadInputs:
         """The spatially constant gradient dScore/dA for every target: [N, T, C]."""
         w_c = self.class_weights()
         if score == "logit":
-            return w_c / self.spatial_size
+            return w_c / np.float32(self.spatial_size)
         if score == "probability":
             expected_w = self.probabilities @ self.weights.T  # Σ_j p_j W[:, j]: [N, C]
             p_c = np.take_along_axis(self.probabilities, self.classes, axis=1)[..., None]  # [N, T, 1]

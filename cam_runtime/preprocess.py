@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import cast
 
 import cv2
 import numpy as np
@@ -44,7 +45,7 @@ def resize_image(image: npt.NDArray[np.uint8], height: int, width: int, mode: st
         if max(image.shape[:2]) < 32767:  # cv2.remap's coordinate limit (SHRT_MAX)
             # The same pixels as the fancy-indexing gather below, ~15x faster.
             map_x, map_y = _pil_nearest_maps(image.shape[0], image.shape[1], height, width)
-            return cv2.remap(image, map_x, map_y, cv2.INTER_NEAREST)
+            return cast("npt.NDArray[np.uint8]", cv2.remap(image, map_x, map_y, cv2.INTER_NEAREST))
         rows = pil_nearest_indices(image.shape[0], height)
         cols = pil_nearest_indices(image.shape[1], width)
         return image[rows[:, None], cols[None, :]]
@@ -52,7 +53,7 @@ def resize_image(image: npt.NDArray[np.uint8], height: int, width: int, mode: st
         interpolation = _CV2_RESIZE[mode]
     except KeyError:
         raise InvalidArgumentError(f"unknown resize mode {mode!r}; expected one of {', '.join(RESIZE_MODES)}") from None
-    return cv2.resize(image, (width, height), interpolation=interpolation)
+    return cast("npt.NDArray[np.uint8]", cv2.resize(image, (width, height), interpolation=interpolation))
 
 
 class Preprocessor:
@@ -81,8 +82,8 @@ class Preprocessor:
         """One image → its HxWxC (or CxHxW for NCHW) float32 input, without the batch axis."""
         resized = np.ascontiguousarray(resize_image(bgr, self.spec.height, self.spec.width, self.resize_mode))
         if self._needs_rgb:
-            resized = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
-        x = cv2.LUT(resized, self._lut)
+            resized = cast("npt.NDArray[np.uint8]", cv2.cvtColor(resized, cv2.COLOR_BGR2RGB))
+        x = cast("npt.NDArray[np.float32]", cv2.LUT(resized, self._lut))
         if self.spec.layout == "NCHW":
             return np.ascontiguousarray(x.transpose(2, 0, 1))
         return x

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import cv2
 import numpy as np
@@ -39,7 +40,8 @@ def overlay_bgr(image_bgr: npt.NDArray[np.uint8], heatmap: npt.NDArray[np.float3
         raise InvalidArgumentError(f"alpha must be in [0, 1], got {alpha}")
     if heatmap.shape != image_bgr.shape[:2]:
         raise InvalidArgumentError(f"heatmap shape {heatmap.shape} differs from image shape {image_bgr.shape[:2]}")
-    blended = cv2.addWeighted(image_bgr, 1.0 - alpha, colorize(heatmap, colormap), alpha, 0.0)
+    blended = cast("npt.NDArray[np.uint8]",
+                   cv2.addWeighted(image_bgr, 1.0 - alpha, colorize(heatmap, colormap), alpha, 0.0))
     thickness = max(1, round(max(image_bgr.shape[:2]) / 300))
     for box in boxes:
         cv2.rectangle(blended, (box.x0, box.y0), (box.x1 - 1, box.y1 - 1), box_color, thickness)
@@ -51,5 +53,5 @@ def to_order(image_bgr: npt.NDArray[np.uint8], order: str) -> npt.NDArray[np.uin
     if order == "BGR":
         return image_bgr
     if order == "RGB":
-        return cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
+        return cast("npt.NDArray[np.uint8]", cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB))
     raise InvalidArgumentError(f"channel order must be 'RGB' or 'BGR', got {order!r}")
