@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, TypeGuard, Union, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -215,7 +215,7 @@ class CamEngine:
         if isinstance(classes, int | str | np.integer):
             return np.full((n, 1), self.class_id(classes), dtype=np.intp)
         items = list(classes)
-        if items and all(isinstance(c, list | tuple) for c in items):
+        if _are_rows(items):
             expected = total if total is not None else n
             if len(items) != expected:
                 raise InvalidArgumentError(f"per-image classes: got {len(items)} lists for {expected} images")
@@ -225,7 +225,8 @@ class CamEngine:
             return np.asarray(rows, dtype=np.intp).reshape(n, -1)
         if not items:
             raise InvalidArgumentError("classes must not be empty")
-        ids = [self.class_id(c) for c in items]  # type: ignore[arg-type]
+        # A list nested among plain classes is rejected by class_id ("expected an int id or a label").
+        ids = [self.class_id(c) for c in cast("list[ClassSpec]", items)]
         return np.tile(np.asarray(ids, dtype=np.intp), (n, 1))
 
     # --- explain -------------------------------------------------------------------------------------------
@@ -236,8 +237,11 @@ class CamEngine:
                 alpha_mode: AlphaMode = "drop", array_order: ChannelOrder = "RGB",
                 **method_options: Any) -> list[ExplainResult]:
         """Explain one or several images; raises the first input error (see :meth:`iter_explain` to go on)."""
-        single = isinstance(images, str | Path | bytes | bytearray | memoryview | np.ndarray)
-        inputs: list[ImageInput] = [images] if single else list(images)  # type: ignore[list-item]
+        inputs: list[ImageInput]
+        if isinstance(images, str | Path | bytes | bytearray | memoryview | np.ndarray):
+            inputs = [images]
+        else:
+            inputs = list(images)
         results = []
         for item in self._explain_stream(inputs, method=method, top_k=top_k, classes=classes,
                                          batch_size=batch_size, box_threshold=box_threshold,
@@ -278,7 +282,7 @@ class CamEngine:
         if classes is None and not 1 <= top_k <= self.num_classes:
             raise InvalidArgumentError(f"top_k must be in [1, {self.num_classes}], got {top_k}")
         if _is_per_image(classes):  # validate every label up front, before any image is decoded
-            rows = list(classes)  # type: ignore[arg-type]
+            rows = list(classes)
             if total is not None and len(rows) != total:
                 raise InvalidArgumentError(f"per-image classes: got {len(rows)} lists for {total} images")
             for row in rows:
@@ -355,7 +359,7 @@ class CamEngine:
             good_positions = [i for i, d in enumerate(decoded) if not isinstance(d, ImageFailure)]
             per_image_classes = classes
             if _is_per_image(classes):
-                all_rows = list(classes)  # type: ignore[arg-type]
+                all_rows = list(classes)
                 per_image_classes = [all_rows[offset + i] for i in good_positions]
             targets = self.resolve_targets(probs, per_image_classes, top_k, total=len(good_positions)
                                            if _is_per_image(classes) else None)
@@ -386,10 +390,13 @@ class CamEngine:
             yield item if isinstance(item, ImageFailure) else outputs[position]
 
 
-def _is_per_image(classes: Targets) -> bool:
+def _is_per_image(classes: Targets) -> TypeGuard[Sequence[Sequence[ClassSpec]]]:
     if classes is None or isinstance(classes, int | str | np.integer):
         return False
-    items = list(classes)  # type: ignore[arg-type]
+    return _are_rows(list(classes))
+
+
+def _are_rows(items: Sequence[object]) -> TypeGuard[Sequence[Sequence[ClassSpec]]]:
     return bool(items) and all(isinstance(c, list | tuple) for c in items)
 
 
