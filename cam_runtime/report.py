@@ -8,8 +8,9 @@ import datetime as _dt
 import html
 import io
 import json
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -17,7 +18,10 @@ from urllib.parse import quote
 import numpy as np
 import numpy.typing as npt
 
+from .boxes import Box
+from .maps import heatmap_at
 from .outputs import OutputLayout, write_text_atomic
+from .render import overlay_bgr
 from .results import ExplainResult, ImageFailure
 
 REPORT_VERSION = 1
@@ -52,16 +56,68 @@ def record_from_failure(failure: ImageFailure, key: str | None) -> dict[str, Any
             "error": failure.error, "error_type": failure.error_type}
 
 
-def thumbnail_data_uri(bgr: npt.NDArray[np.uint8], side: int = THUMB_SIDE) -> str:
-    """A small JPEG of an image as a ``data:`` URI, so report.html needs no extra files."""
+def thumbnail_size(height: int, width: int, side: int = THUMB_SIDE) -> tuple[int, int]:
+    """(height, width) of an image scaled to fit ``side`` pixels; never enlarged."""
+    scale = min(1.0, side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def shrink(bgr: npt.NDArray[np.uint8], side: int = THUMB_SIDE) -> npt.NDArray[np.uint8]:
+    """The image scaled (INTER_AREA) to fit ``side`` pixels, or the image itself if it already fits."""
     import cv2
 
-    h, w = bgr.shape[:2]
-    scale = min(1.0, side / max(h, w))
-    small = cv2.resize(bgr, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA) \
-        if scale < 1.0 else bgr
-    ok, buffer = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 75])
+    height, width = bgr.shape[:2]
+    h, w = thumbnail_size(height, width, side)
+    if (h, w) == (height, width):
+        return bgr
+    k = min(height // h, width // w)
+    if k >= 2:
+        # INTER_AREA by a whole factor is a plain k x k mean, ~4x cheaper than the general case: shrink by
+        # the largest such factor first (dropping the < k pixels that do not fill a block, half on each side).
+        top, left = height % k // 2, width % k // 2
+        bgr = cv2.resize(bgr[top: top + height // k * k, left: left + width // k * k], (width // k, height // k),
+                         interpolation=cv2.INTER_AREA)
+    return cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
+
+
+def jpeg_data_uri(bgr: npt.NDArray[np.uint8]) -> str:
+    """An image encoded as-is as a JPEG ``data:`` URI ('' if it cannot be encoded)."""
+    import cv2
+
+    ok, buffer = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 75])
     return "data:image/jpeg;base64," + base64.b64encode(buffer.tobytes()).decode("ascii") if ok else ""
+
+
+def thumbnail_data_uri(bgr: npt.NDArray[np.uint8], side: int = THUMB_SIDE) -> str:
+    """A small JPEG of an image as a ``data:`` URI, so report.html needs no extra files."""
+    return jpeg_data_uri(shrink(bgr, side))
+
+
+def result_thumbnails(result: ExplainResult, *, alpha: float = 0.5, colormap: str = "jet", draw_boxes: bool = True,
+                      side: int = THUMB_SIDE) -> tuple[str, list[str]]:
+    """Thumbnail data URIs of an explained image and of each target's overlay, built from one small copy.
+
+    The overlays are blended at thumbnail size (the map upsampled straight to it, boxes scaled), which costs a
+    fraction of shrinking each full-size overlay; pixels differ slightly from a shrunk full-size overlay.
+    """
+    small = shrink(result.image.bgr, side)
+    h, w = small.shape[:2]
+    thumbs = []
+    for target in result.targets:
+        if (h, w) == (result.height, result.width):
+            heatmap, boxes = target.heatmap, target.boxes
+        else:
+            heatmap = heatmap_at(target.raw, h, w)
+            boxes = [_scale_box(box, h / result.height, w / result.width) for box in target.boxes]
+        thumbs.append(jpeg_data_uri(overlay_bgr(small, heatmap, alpha=alpha, colormap=colormap,
+                                                boxes=boxes if draw_boxes else ())))
+    return jpeg_data_uri(small), thumbs
+
+
+def _scale_box(box: Box, sy: float, sx: float) -> Box:
+    """A box in a scaled copy of its image: outward-rounded, at least one pixel wide and high."""
+    x0, y0 = math.floor(box.x0 * sx), math.floor(box.y0 * sy)
+    return replace(box, x0=x0, y0=y0, x1=max(x0 + 1, math.ceil(box.x1 * sx)), y1=max(y0 + 1, math.ceil(box.y1 * sy)))
 
 
 def thumbnail_from_file(path: Path, side: int = THUMB_SIDE) -> str:
