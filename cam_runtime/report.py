@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import numpy as np
@@ -75,9 +75,9 @@ def shrink(bgr: npt.NDArray[np.uint8], side: int = THUMB_SIDE) -> npt.NDArray[np
         # INTER_AREA by a whole factor is a plain k x k mean, ~4x cheaper than the general case: shrink by
         # the largest such factor first (dropping the < k pixels that do not fill a block, half on each side).
         top, left = height % k // 2, width % k // 2
-        bgr = cv2.resize(bgr[top: top + height // k * k, left: left + width // k * k], (width // k, height // k),
-                         interpolation=cv2.INTER_AREA)
-    return cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
+        blocks = bgr[top: top + height // k * k, left: left + width // k * k]
+        bgr = cast("npt.NDArray[np.uint8]", cv2.resize(blocks, (width // k, height // k), interpolation=cv2.INTER_AREA))
+    return cast("npt.NDArray[np.uint8]", cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA))
 
 
 def jpeg_data_uri(bgr: npt.NDArray[np.uint8]) -> str:
@@ -129,7 +129,7 @@ def thumbnail_from_file(path: Path, side: int = THUMB_SIDE) -> str:
         image = cv2.imdecode(data, cv2.IMREAD_COLOR)
     except (OSError, cv2.error):
         return ""
-    return thumbnail_data_uri(image, side) if image is not None else ""
+    return thumbnail_data_uri(cast("npt.NDArray[np.uint8]", image), side) if image is not None else ""
 
 
 @dataclass

@@ -195,7 +195,8 @@ def _write_outputs(outcome: ExplainResult | ImageFailure, item: InputItem, key: 
         failure = ImageFailure(item.source, error, outcome.error_type)
         return record_from_failure(failure, key), "", []
     start = time.perf_counter()
-    overlays, heatmaps = [], []
+    overlays: list[str] = []
+    heatmaps: list[str | None] = []
     for index, target in enumerate(outcome.targets):
         bgr = outcome.overlay(index, alpha=options.alpha, colormap=options.colormap, draw_boxes=options.boxes,
                               channel_order="BGR")
