@@ -8,11 +8,12 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeGuard, Union, cast
+from typing import Any, Literal, TypeGuard, Union, cast
 
 import numpy as np
 import numpy.typing as npt
 
+from . import device_maps as dm
 from .boxes import DEFAULT_THRESHOLD, boxes_from_map
 from .errors import CamError, GraphMismatchError, InvalidArgumentError, UnknownClassError
 from .imaging import (
@@ -25,14 +26,23 @@ from .imaging import (
     load_image,
 )
 from .maps import heatmap_at
-from .methods import CamMethod, HeadInputs, ScoreCAM, get_method
+from .methods import CAM, CamMethod, FloatArray, GradCAM, HeadInputs, HiResCAM, ScoreCAM, get_method, relu
 from .model_folder import ModelFolder
 from .preprocess import Preprocessor
-from .providers import import_onnxruntime, resolve_providers, warn_on_fallback
+from .providers import (
+    CUDA,
+    cuda_provider_options,
+    import_onnxruntime,
+    preload_cuda_libraries,
+    resolve_providers,
+    warn_on_fallback,
+)
 from .results import ExplainResult, ImageFailure, Prediction, TargetMap
 from .threads import limit_library_threads
 
 ClassSpec = Union[int, str]
+OnOff = Union[bool, Literal["auto"]]
+"""True, False, or "auto" (on when the session runs on CUDA)."""
 Targets = Union[None, ClassSpec, Sequence[ClassSpec], Sequence[Sequence[ClassSpec]]]
 """None (top-k), one class, classes for every image, or one list of classes per image."""
 
@@ -49,7 +59,7 @@ class CamEngine:
     """Explains images with a model folder; thread-safe (onnxruntime sessions allow concurrent ``run``)."""
 
     def __init__(self, folder: ModelFolder, session: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 resize: str | None = None) -> None:
+                 resize: str | None = None, device_maps: bool = False, io_binding: bool = False) -> None:
         self.folder = folder
         self.manifest = folder.manifest
         self.session = session
@@ -59,7 +69,19 @@ class CamEngine:
         self._label_index: dict[str, list[int]] = {}
         for i, label in enumerate(folder.labels):
             self._label_index.setdefault(label.lower(), []).append(i)
+        self.device_maps = device_maps
+        """True when the session has the on-device CAM outputs (see :mod:`cam_runtime.device_maps`)."""
         self._validate_graph()
+        if device_maps:
+            missing = {dm.MAPS, dm.CLASSES} - {o.name for o in session.get_outputs()}
+            if missing:
+                raise GraphMismatchError(f"device_maps: outputs {sorted(missing)} missing from the session's graph")
+        self.io_binding = io_binding
+        """Run through onnxruntime IOBinding: input uploaded once, only the fetched outputs copied to the host."""
+        self._binding_device = ("cpu", 0)
+        if session.get_providers() and session.get_providers()[0] == CUDA:
+            options = session.get_provider_options().get(CUDA, {})
+            self._binding_device = ("cuda", int(options.get("device_id", 0)))
 
     # --- construction ------------------------------------------------------------------------------------
 
@@ -67,7 +89,8 @@ class CamEngine:
     def load(cls, path: str | Path, *, device: str = "auto", threads: int | None = None,
              verify_checksums: bool = True, warmup: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS,
              resize: str | None = None, cuda_options: dict[str, Any] | None = None,
-             library_threads: int | None = 1, spinning: bool = False) -> CamEngine:
+             library_threads: int | None = 1, spinning: bool = False, device_maps: OnOff = False,
+             io_binding: OnOff = False) -> CamEngine:
         """Verify a model folder and create its session on ``device`` ("auto", "cpu" or "cuda").
 
         ``threads`` bounds onnxruntime's intra-op threads (default: the cores this process may use).
@@ -76,12 +99,26 @@ class CamEngine:
         them alone). ``spinning`` lets idle onnxruntime threads busy-wait: slightly lower batch-1 latency on
         an idle machine, but they then burn the cores that decoding and writing need.
         ``resize`` overrides the manifest's resize mode (e.g. "area" for better quality than Keras' nearest).
+        ``cuda_options`` override :data:`cam_runtime.providers.DEFAULT_CUDA_OPTIONS` key by key.
+        ``device_maps`` extends the graph in memory (needs ``onnx``) so that top-k CAMs are computed on the
+        session's device and only maps and probabilities reach the host; ``io_binding`` runs through
+        onnxruntime's IOBinding. Both take True, False or "auto" (on when the session runs on CUDA).
         """
         if threads is not None and threads < 1:
             raise InvalidArgumentError(f"threads must be ≥ 1, got {threads}")
+        for name, value in (("device_maps", device_maps), ("io_binding", io_binding)):
+            if value not in (True, False, "auto"):
+                raise InvalidArgumentError(f"{name} must be True, False or 'auto', got {value!r}")
         folder = ModelFolder.load(path, verify_checksums=verify_checksums)
         ort = import_onnxruntime()
-        providers = resolve_providers(device, cuda_options)
+        providers = resolve_providers(device, cuda_provider_options(cuda_options))
+        on_cuda = isinstance(providers[0], tuple) and providers[0][0] == CUDA
+        if on_cuda:
+            preload_cuda_libraries(ort)
+        use_maps = device_maps is True or (device_maps == "auto" and on_cuda)
+        model: str | bytes = str(folder.model_path)
+        if use_maps:
+            model = dm.extend_model(folder.model_path, folder.manifest, folder.weights)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or default_threads()
@@ -92,12 +129,13 @@ class CamEngine:
         if library_threads is not None:
             limit_library_threads(library_threads)
         try:
-            session = ort.InferenceSession(str(folder.model_path), sess_options=options, providers=providers)
+            session = ort.InferenceSession(model, sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
             raise GraphMismatchError(f"onnxruntime cannot load {folder.model_path.name}: "
                                      f"{str(exc).strip().splitlines()[0][:300]}") from None
         warn_on_fallback(providers, session.get_providers())
-        engine = cls(folder, session, max_pixels=max_pixels, resize=resize)
+        engine = cls(folder, session, max_pixels=max_pixels, resize=resize, device_maps=use_maps,
+                     io_binding=io_binding is True or (io_binding == "auto" and session.get_providers()[0] == CUDA))
         if warmup:
             try:
                 engine.warmup()
@@ -107,7 +145,7 @@ class CamEngine:
         return engine
 
     def _validate_graph(self) -> None:
-        inputs = self.session.get_inputs()
+        inputs = [i for i in self.session.get_inputs() if not (self.device_maps and i.name == dm.TOP_K)]
         spec = self.manifest.input
         if len(inputs) != 1 or inputs[0].name != spec.name:
             raise GraphMismatchError(f"expected one input named {spec.name!r}, graph has {[i.name for i in inputs]}")
@@ -140,7 +178,10 @@ class CamEngine:
 
     def warmup(self) -> None:
         """One run on a zero batch, so the first real image does not pay for lazy initialisation."""
-        self.run(np.zeros((1, *self._input_shape()), dtype=np.float32))
+        zeros = np.zeros((1, *self._input_shape()), dtype=np.float32)
+        self.run(zeros)
+        if self.device_maps:
+            self.run_device_maps(zeros, 1)
 
     def _input_shape(self) -> tuple[int, int, int]:
         spec = self.manifest.input
@@ -165,9 +206,32 @@ class CamEngine:
 
     # --- inference -----------------------------------------------------------------------------------------
 
+    def _fetch(self, names: list[str], batch: npt.NDArray[np.float32],
+               extra: dict[str, npt.NDArray[Any]] | None = None) -> list[npt.NDArray[Any]]:
+        """The named outputs for one batch, through ``session.run`` or IOBinding (same values either way)."""
+        extra = dict(extra or {})
+        if self.device_maps:  # the extended graph's k input must be fed even when its outputs are not fetched
+            extra.setdefault(dm.TOP_K, dm.top_k_feed(1))
+        feeds = {self.manifest.input.name: batch, **extra}
+        if not self.io_binding:
+            return list(self.session.run(names, feeds))
+        ort = import_onnxruntime()
+        device, device_id = self._binding_device
+        binding = self.session.io_binding()
+        # The batch goes to the device once, as one OrtValue; small extra feeds (TopK's k) stay on the host,
+        # where onnxruntime's kernels read them anyway.
+        binding.bind_ortvalue_input(self.manifest.input.name, ort.OrtValue.ortvalue_from_numpy(
+            np.ascontiguousarray(batch, dtype=np.float32), device, device_id))
+        for name, value in extra.items():
+            binding.bind_cpu_input(name, value)
+        for name in names:  # allocated by onnxruntime on the session's device; unbound outputs never reach the host
+            binding.bind_output(name, device, device_id)
+        self.session.run_with_iobinding(binding)
+        return list(binding.copy_outputs_to_cpu())
+
     def run(self, batch: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """Model on a preprocessed batch → (probabilities [N, K], features [N, h, w, C] in NHWC)."""
-        probs, features = self.session.run(self._output_names, {self.manifest.input.name: batch})
+        probs, features = self._fetch(self._output_names, batch)
         if self.manifest.outputs.features_layout == "NCHW":
             features = features.transpose(0, 2, 3, 1)
         return (np.asarray(probs, dtype=np.float32),
@@ -175,8 +239,33 @@ class CamEngine:
 
     def predict_probabilities(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Probabilities only, for forward-only methods and metrics (masked passes, deletion curves)."""
-        (probs,) = self.session.run([self.manifest.outputs.probabilities], {self.manifest.input.name: batch})
+        (probs,) = self._fetch([self.manifest.outputs.probabilities], batch)
         return np.asarray(probs, dtype=np.float32)
+
+    def run_device_maps(self, batch: npt.NDArray[np.float32], top_k: int = 1) -> dm.DeviceMaps:
+        """Probabilities and the CAMs of the top-k classes, computed on the session's device (``device_maps``)."""
+        if not self.device_maps:
+            raise InvalidArgumentError("this engine was loaded without device_maps")
+        if not 1 <= top_k <= self.num_classes:
+            raise InvalidArgumentError(f"top_k must be in [1, {self.num_classes}], got {top_k}")
+        probs, maps, classes = self._fetch([self.manifest.outputs.probabilities, dm.MAPS, dm.CLASSES], batch,
+                                           {dm.TOP_K: dm.top_k_feed(top_k)})
+        return dm.DeviceMaps(np.asarray(probs, dtype=np.float32), np.asarray(classes, dtype=np.intp),
+                             np.ascontiguousarray(maps, dtype=np.float32))
+
+    def device_map_transform(self, method: CamMethod, classes: Targets = None) -> Any:
+        """How ``method``'s maps follow from device CAMs (a function), or None where the NumPy path is needed.
+
+        CAM itself, and Grad-CAM / HiResCAM with score = logit, which equal ReLU(CAM)/(h·w) for a GAP head;
+        only for top-k targets (``classes`` None).
+        """
+        if not self.device_maps or classes is not None:
+            return None
+        if type(method) is CAM:
+            return _identity
+        if type(method) in (GradCAM, HiResCAM) and cast("GradCAM", method).score == "logit":
+            return _relu_mean
+        return None
 
     def load_image(self, image: ImageInput, *, source: str | None = None, alpha: AlphaMode = "drop",
                    array_order: ChannelOrder = "RGB") -> DecodedImage:
@@ -291,6 +380,7 @@ class CamEngine:
             self.resolve_targets(np.zeros((1, self.num_classes), np.float32), classes, top_k)
         batches = _chunks(enumerate(images), batch_size)
         decode = self._decode_batch
+        device_k = top_k if self.device_map_transform(cam_method, classes) is not None else None
         offset = 0
         if prefetch:
             # Pipeline: a worker decodes, preprocesses and runs the model on batch i+1 while this thread
@@ -298,7 +388,8 @@ class CamEngine:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cam-pipeline") as pool:
                 pending: Future[Any] | None = None
                 for chunk in batches:
-                    future = pool.submit(self._decode_and_run, chunk, alpha_mode, array_order, raise_errors)
+                    future = pool.submit(self._decode_and_run, chunk, alpha_mode, array_order, raise_errors,
+                                         device_k)
                     if pending is not None:
                         decoded, inferred = pending.result()
                         yield from self._finish_batch(decoded, cam_method, top_k, classes, box_threshold,
@@ -313,7 +404,7 @@ class CamEngine:
             for chunk in batches:
                 decoded = decode(chunk, alpha_mode, array_order, raise_errors)
                 yield from self._finish_batch(decoded, cam_method, top_k, classes, box_threshold, all_boxes,
-                                              offset, total)
+                                              offset, total, self._run_decoded(decoded, device_k))
                 offset += len(decoded)
 
     def _decode_batch(self, chunk: list[tuple[int, ImageInput]], alpha_mode: AlphaMode,
@@ -336,18 +427,25 @@ class CamEngine:
         return out
 
     def _decode_and_run(self, chunk: list[tuple[int, ImageInput]], alpha_mode: AlphaMode,
-                        array_order: ChannelOrder, raise_errors: bool) -> tuple[list[Any], Any]:
+                        array_order: ChannelOrder, raise_errors: bool,
+                        device_k: int | None = None) -> tuple[list[Any], Any]:
         decoded = self._decode_batch(chunk, alpha_mode, array_order, raise_errors)
-        return decoded, self._run_decoded(decoded)
+        return decoded, self._run_decoded(decoded, device_k)
 
-    def _run_decoded(self, decoded: list[Any]) -> Any:
+    def _run_decoded(self, decoded: list[Any], device_k: int | None = None) -> Any:
+        """(batch, probabilities, features or DeviceMaps, ms per image); device maps when ``device_k`` is set."""
         good = [d for d in decoded if not isinstance(d, ImageFailure)]
         if not good:
             return None
         batch = np.stack([t for _, t, _ in good])
         start = time.perf_counter()
-        probs, features = self.run(batch)
-        return batch, probs, features, (time.perf_counter() - start) * 1e3 / len(good)
+        payload: Any
+        if device_k is not None:
+            payload = self.run_device_maps(batch, device_k)
+            probs = payload.probabilities
+        else:
+            probs, payload = self.run(batch)
+        return batch, probs, payload, (time.perf_counter() - start) * 1e3 / len(good)
 
     def _finish_batch(self, decoded: list[Any], cam_method: CamMethod, top_k: int, classes: Targets,
                       box_threshold: float, all_boxes: bool, offset: int, total: int | None,
@@ -355,20 +453,25 @@ class CamEngine:
         good = [d for d in decoded if not isinstance(d, ImageFailure)]
         outputs: dict[int, ExplainResult] = {}
         if good:
-            batch, probs, features, infer_ms = inferred if inferred is not None else self._run_decoded(decoded)
+            batch, probs, features, infer_ms = inferred
             good_positions = [i for i, d in enumerate(decoded) if not isinstance(d, ImageFailure)]
             per_image_classes = classes
             if _is_per_image(classes):
                 all_rows = list(classes)
                 per_image_classes = [all_rows[offset + i] for i in good_positions]
-            targets = self.resolve_targets(probs, per_image_classes, top_k, total=len(good_positions)
-                                           if _is_per_image(classes) else None)
             start = time.perf_counter()
-            head = HeadInputs(features, probs, self.folder.weights, targets)
-            if isinstance(cam_method, ScoreCAM):
-                # bind() stores per-call state: a private copy keeps a caller's ScoreCAM safe to share across threads.
-                cam_method = copy.copy(cam_method).bind(batch, self.manifest.input.layout, self.predict_probabilities)
-            raw_maps = cam_method.maps(head)
+            if isinstance(features, dm.DeviceMaps):
+                targets = features.classes
+                raw_maps = self.device_map_transform(cam_method, classes)(features.maps)
+            else:
+                targets = self.resolve_targets(probs, per_image_classes, top_k, total=len(good_positions)
+                                               if _is_per_image(classes) else None)
+                head = HeadInputs(features, probs, self.folder.weights, targets)
+                if isinstance(cam_method, ScoreCAM):
+                    # bind() stores per-call state: a private copy keeps a caller's ScoreCAM safe to share.
+                    cam_method = copy.copy(cam_method).bind(batch, self.manifest.input.layout,
+                                                            self.predict_probabilities)
+                raw_maps = cam_method.maps(head)
             shared_ms = (time.perf_counter() - start) * 1e3 / len(good)
             k_shown = max(top_k, targets.shape[1])
             order = np.argsort(-probs, axis=1, kind="stable")[:, :k_shown]
@@ -388,6 +491,15 @@ class CamEngine:
                     timings_ms={**timings, "inference": infer_ms, "maps": maps_ms})
         for position, item in enumerate(decoded):
             yield item if isinstance(item, ImageFailure) else outputs[position]
+
+
+def _identity(maps: FloatArray) -> FloatArray:
+    return maps
+
+
+def _relu_mean(maps: FloatArray) -> FloatArray:
+    """Grad-CAM (score = logit) from CAM: the gradient is W[:, c] / (h·w) at every position."""
+    return relu(maps) / np.float32(maps.shape[-2] * maps.shape[-1])
 
 
 def _is_per_image(classes: Targets) -> TypeGuard[Sequence[Sequence[ClassSpec]]]:

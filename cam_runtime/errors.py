@@ -77,6 +77,20 @@ class GraphMismatchError(ModelLoadingError, ValueError):
         super().__init__(f"ONNX graph does not match the manifest: {problem}")
 
 
+class DeviceMapsError(ModelLoadingError, ValueError):
+    """The graph cannot be extended with on-device CAM outputs (``device_maps``)."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"cannot compute maps on the device: {problem}")
+
+
+class OnnxMissingError(ModelLoadingError, ImportError):
+    """A feature that edits ONNX graphs was requested but the onnx package is not installed."""
+
+    def __init__(self, feature: str) -> None:
+        super().__init__(f"{feature} needs the onnx package: pip install onnx (or the 'test'/'export' extra)")
+
+
 # --- execution providers ---------------------------------------------------------------------------
 
 

@@ -13,6 +13,35 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 
 
+DEFAULT_CUDA_OPTIONS: dict[str, str] = {
+    # Benchmark cuDNN's convolution algorithms once per input shape and keep the fastest (onnxruntime's default,
+    # stated so that a caller's HEURISTIC is a visible choice: faster first batch, often slower steady state).
+    "cudnn_conv_algo_search": "EXHAUSTIVE",
+    # Let cuDNN use as much scratch memory as its fastest algorithms ask for.
+    "cudnn_conv_use_max_workspace": "1",
+    # NHWC kernels where the build has them: tensor cores want channels-last, NCHW costs transposes around convs.
+    "prefer_nhwc": "1",
+    "do_copy_in_default_stream": "1",
+}
+"""CUDA provider options CamEngine.load starts from; its ``cuda_options`` override them key by key."""
+
+
+def cuda_provider_options(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """:data:`DEFAULT_CUDA_OPTIONS` updated with ``overrides`` (values as onnxruntime takes them)."""
+    return {**DEFAULT_CUDA_OPTIONS, **(overrides or {})}
+
+
+def preload_cuda_libraries(ort: Any) -> None:
+    """Let onnxruntime-gpu (≥ 1.21) find CUDA/cuDNN installed as pip packages (nvidia-*); no-op elsewhere."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception:  # libraries from the system path may still work; warn_on_fallback reports if not
+        return
+
+
 class ProviderFallbackWarning(RuntimeWarning):
     """The session runs on a different provider than the one asked for."""
 
