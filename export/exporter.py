@@ -40,7 +40,7 @@ def import_tensorflow_quietly() -> None:
     """Import TensorFlow, Keras and tf2onnx with the C++ start-up log lines (oneDNN, CPU features) silenced.
 
     TensorFlow writes them to file descriptor 2 before its logging is configured, so no environment variable
-    turns them off; fd 2 is pointed at /dev/null for the duration of the imports only.
+    turns them off; fd 2 is pointed at /dev/null for the duration of the imports and device discovery only.
     """
     if "tensorflow" in sys.modules:
         return
@@ -50,8 +50,11 @@ def import_tensorflow_quietly() -> None:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
             import keras  # noqa: F401
-            import tensorflow  # noqa: F401
+            import tensorflow
             import tf2onnx  # noqa: F401
+
+            # Device discovery (cuInit on CUDA builds without a GPU) logs an error line once; do it here.
+            tensorflow.config.list_physical_devices()
     finally:
         os.dup2(saved, 2)
         os.close(saved)
