@@ -173,18 +173,8 @@ def faithfulness(engine: CamEngine, pixels: FloatArray, saliency: FloatArray, cl
 
 
 def pixels_to_tensor(engine: CamEngine, pixels: FloatArray) -> FloatArray:
-    """Float BGR pixels (0-255, already at the input size) → the model input, as the manifest describes.
-
-    The runtime's :class:`~cam_runtime.preprocess.Preprocessor` takes uint8 only; masked and blended images
-    are fractional, so the same ``(x - mean) / std`` is applied here in float32.
-    """
-    pre = engine.manifest.preprocess
-    x = pixels[..., ::-1] if pre.color_order == "RGB" else pixels
-    x = x.astype(np.float32) - np.asarray(pre.mean, np.float32)
-    x /= np.asarray(pre.std, np.float32)
-    if engine.manifest.input.layout == "NCHW":
-        x = x.transpose(2, 0, 1)
-    return np.ascontiguousarray(x, dtype=np.float32)
+    """Float BGR pixels (0-255, already at the input size) → the model input, as the manifest describes."""
+    return engine.preprocessor.tensor_from_float(pixels)
 
 
 def predict(engine: CamEngine, pixel_images: Sequence[FloatArray], batch_size: int = 64) -> FloatArray:

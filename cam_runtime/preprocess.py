@@ -88,6 +88,17 @@ class Preprocessor:
             return np.ascontiguousarray(x.transpose(2, 0, 1))
         return x
 
+    def tensor_from_float(self, pixels: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+        """Float BGR pixels (0-255, already at the input size; e.g. masked or blended) → the model input."""
+        x = np.asarray(pixels, dtype=np.float32)
+        if self._needs_rgb:
+            x = x[..., ::-1]
+        x = x * self._scale
+        x += self._offset
+        if self.spec.layout == "NCHW":
+            return np.ascontiguousarray(x.transpose(2, 0, 1))
+        return np.ascontiguousarray(x)
+
     def batch(self, images: list[npt.NDArray[np.uint8]]) -> npt.NDArray[np.float32]:
         """Several images → one contiguous batch tensor."""
         shape = ((3, self.spec.height, self.spec.width) if self.spec.layout == "NCHW"
