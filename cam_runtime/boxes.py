@@ -45,12 +45,17 @@ class Box:
 
     def iou(self, other: Box | tuple[int, int, int, int]) -> float:
         """Intersection over union with another box (x0, y0, x1, y1 exclusive)."""
-        ox0, oy0, ox1, oy1 = ((other.x0, other.y0, other.x1, other.y1) if isinstance(other, Box) else other)
-        iw = max(0, min(self.x1, ox1) - max(self.x0, ox0))
-        ih = max(0, min(self.y1, oy1) - max(self.y0, oy0))
-        inter = iw * ih
-        union = self.width * self.height + (ox1 - ox0) * (oy1 - oy0) - inter
-        return inter / union if union > 0 else 0.0
+        theirs = (other.x0, other.y0, other.x1, other.y1) if isinstance(other, Box) else other
+        return box_iou((self.x0, self.y0, self.x1, self.y1), theirs)
+
+
+def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    """IoU of two (x0, y0, x1, y1) boxes with exclusive x1/y1; 0 when the union is empty."""
+    iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def boxes_from_map(heatmap: npt.NDArray[np.float32], threshold: float = DEFAULT_THRESHOLD,

@@ -63,23 +63,13 @@ def pointing_hit(heatmap: FloatArray, boxes: Sequence[GroundTruthBox]) -> bool:
     return point is not None and any(box.contains(*point) for box in boxes)
 
 
-def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
-    """IoU of two (x0, y0, x1, y1) boxes with exclusive x1/y1."""
-    iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def map_box_iou(heatmap: FloatArray, boxes: Sequence[GroundTruthBox],
                 threshold: float = DEFAULT_THRESHOLD) -> float:
     """Best IoU between the map's box (largest component ≥ threshold × max) and any of ``boxes``; 0 if none."""
     found = boxes_from_map(heatmap, threshold)
     if not found or not boxes:
         return 0.0
-    predicted = (found[0].x0, found[0].y0, found[0].x1, found[0].y1)
-    return max(box_iou(predicted, box.as_tuple()) for box in boxes)
+    return max(found[0].iou(box.as_tuple()) for box in boxes)
 
 
 # --- faithfulness ------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cam_runtime.annotations import GroundTruthBox, read_boxes, read_boxes_csv, read_voc_xml
+from cam_runtime.boxes import box_iou
 from cam_runtime.cli import app
 from cam_runtime.curves_plot import curves_png
 from cam_runtime.engine import CamEngine
@@ -21,7 +22,6 @@ from cam_runtime.evaluation import (
     Sample,
     auc,
     baseline_image,
-    box_iou,
     evaluate_method,
     load_samples,
     map_box_iou,
