@@ -14,6 +14,7 @@ from .methods import METHODS, get_method
 from .model_folder import ModelFolder, imagenet_labels
 from .render import overlay
 from .results import ExplainResult, ImageFailure, Prediction, TargetMap
+from .targets import ClassTarget, DifferenceTarget, RankTarget, ScoreTarget, Target
 
 __version__ = "0.1.0"
 
@@ -22,6 +23,8 @@ __all__ = [
     "Box",
     "CamEngine",
     "CamError",
+    "ClassTarget",
+    "DifferenceTarget",
     "EvaluationReport",
     "ExplainResult",
     "ImageError",
@@ -31,6 +34,9 @@ __all__ = [
     "ModelFolder",
     "ModelLoadingError",
     "Prediction",
+    "RankTarget",
+    "ScoreTarget",
+    "Target",
     "TargetMap",
     "__version__",
     "boxes_from_map",
