@@ -38,13 +38,15 @@ from .providers import (
     warn_on_fallback,
 )
 from .results import ExplainResult, ImageFailure, Prediction, TargetMap
+from .targets import ClassTarget, ResolvedTarget, Target
 from .threads import limit_library_threads
 
-ClassSpec = Union[int, str]
+ClassSpec = Union[int, str, Target]
 OnOff = Union[bool, Literal["auto"]]
 """True, False, or "auto" (on when the session runs on CUDA)."""
 Targets = Union[None, ClassSpec, Sequence[ClassSpec], Sequence[Sequence[ClassSpec]]]
-"""None (top-k), one class, classes for every image, or one list of classes per image."""
+"""None (top-k), one class, classes for every image, or one list of classes per image; a class is an id, a
+label or a target object (:mod:`cam_runtime.targets`)."""
 
 
 def default_threads() -> int:
@@ -276,6 +278,8 @@ class CamEngine:
 
     def class_id(self, target: ClassSpec) -> int:
         """A class id from an id or a label (case-insensitive); ambiguous labels must be given by id."""
+        if isinstance(target, ClassTarget):
+            return self.class_id(target.target)
         if isinstance(target, bool):
             raise UnknownClassError(target, "expected an int id or a label")
         if isinstance(target, int | np.integer):
@@ -296,12 +300,14 @@ class CamEngine:
     def resolve_targets(self, probabilities: npt.NDArray[np.float32], classes: Targets, top_k: int,
                         offset: int = 0, total: int | None = None) -> npt.NDArray[np.intp]:
         """Target class ids [N, T]: top-k by probability, or the given classes (shared or per image)."""
+        if _has_target_objects(classes):
+            return self._resolve_objects(probabilities, None, classes, offset, total)[0]
         n = probabilities.shape[0]
         if classes is None:
             if not 1 <= top_k <= self.num_classes:
                 raise InvalidArgumentError(f"top_k must be in [1, {self.num_classes}], got {top_k}")
             return np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
-        if isinstance(classes, int | str | np.integer):
+        if isinstance(classes, int | str | np.integer | Target):
             return np.full((n, 1), self.class_id(classes), dtype=np.intp)
         items = list(classes)
         if _are_rows(items):
@@ -317,6 +323,51 @@ class CamEngine:
         # A list nested among plain classes is rejected by class_id ("expected an int id or a label").
         ids = [self.class_id(c) for c in cast("list[ClassSpec]", items)]
         return np.tile(np.asarray(ids, dtype=np.intp), (n, 1))
+
+    def check_target(self, spec: ClassSpec) -> None:
+        """Validate one class or target object before any image is decoded (labels exist, ranks fit)."""
+        if isinstance(spec, Target) and not isinstance(spec, ClassTarget):
+            spec.validate(self.class_id, self.num_classes)
+        else:
+            self.class_id(spec)
+
+    def _resolve_objects(self, probabilities: npt.NDArray[np.float32], logits: npt.NDArray[np.float32] | None,
+                         classes: Targets, offset: int = 0, total: int | None = None) -> tuple[
+                             npt.NDArray[np.intp], npt.NDArray[np.float32], npt.NDArray[np.bool_], list[list[str]]]:
+        """Targets that include target objects: ids [N, T], logit directions [N, T, K], fixed-score flags, labels."""
+        n = probabilities.shape[0]
+        if _is_per_image(classes):
+            rows = list(classes)
+            expected = total if total is not None else n
+            if len(rows) != expected:
+                raise InvalidArgumentError(f"per-image classes: got {len(rows)} lists for {expected} images")
+            rows = rows[offset:offset + n]
+            if len({len(r) for r in rows}) > 1 or any(not r for r in rows):
+                raise InvalidArgumentError("per-image class lists must all have the same, non-zero length")
+        else:
+            shared = [classes] if isinstance(classes, int | str | np.integer | Target) else list(
+                cast("Sequence[ClassSpec]", classes))
+            if not shared:
+                raise InvalidArgumentError("classes must not be empty")
+            rows = [shared] * n
+        zeros = np.zeros(self.num_classes, dtype=np.float32)
+        resolved: list[list[ResolvedTarget]] = [
+            [(spec if isinstance(spec, Target) else ClassTarget(spec)).resolve(
+                self.class_id, self.labels, probabilities[i], logits[i] if logits is not None else zeros)
+             for spec in row] for i, row in enumerate(rows)]
+        t = len(rows[0]) if rows else 0
+        ids = np.array([[r.class_id for r in row] for row in resolved], dtype=np.intp).reshape(n, t)
+        directions = np.zeros((n, t, self.num_classes), dtype=np.float32)
+        fixed = np.zeros((n, t), dtype=bool)
+        labels = [[r.label or self.labels[r.class_id] for r in row] for row in resolved]
+        for i, row in enumerate(resolved):
+            for j, r in enumerate(row):
+                if r.direction is None:
+                    directions[i, j, r.class_id] = 1.0
+                else:
+                    directions[i, j] = r.direction
+                fixed[i, j] = r.fixed_score
+        return ids, directions, fixed, labels
 
     # --- explain -------------------------------------------------------------------------------------------
 
@@ -375,7 +426,11 @@ class CamEngine:
             if total is not None and len(rows) != total:
                 raise InvalidArgumentError(f"per-image classes: got {len(rows)} lists for {total} images")
             for row in rows:
-                [self.class_id(c) for c in row]
+                for spec in row:
+                    self.check_target(spec)
+        elif _has_target_objects(classes):
+            for spec in ([classes] if isinstance(classes, Target) else list(cast("Sequence[ClassSpec]", classes))):
+                self.check_target(spec)
         elif classes is not None:
             self.resolve_targets(np.zeros((1, self.num_classes), np.float32), classes, top_k)
         batches = _chunks(enumerate(images), batch_size)
@@ -452,6 +507,7 @@ class CamEngine:
                       inferred: Any = None) -> Iterator[ExplainResult | ImageFailure]:
         good = [d for d in decoded if not isinstance(d, ImageFailure)]
         outputs: dict[int, ExplainResult] = {}
+        target_labels: list[list[str]] | None = None
         if good:
             batch, probs, features, infer_ms = inferred
             good_positions = [i for i, d in enumerate(decoded) if not isinstance(d, ImageFailure)]
@@ -464,9 +520,15 @@ class CamEngine:
                 targets = features.classes
                 raw_maps = self.device_map_transform(cam_method, classes)(features.maps)
             else:
-                targets = self.resolve_targets(probs, per_image_classes, top_k, total=len(good_positions)
-                                               if _is_per_image(classes) else None)
-                head = HeadInputs(features, probs, self.folder.weights, targets)
+                per_image_total = len(good_positions) if _is_per_image(classes) else None
+                if _has_target_objects(classes):
+                    logits = features.mean(axis=(1, 2)) @ self.folder.weights + self.folder.bias
+                    targets, directions, fixed, target_labels = self._resolve_objects(
+                        probs, logits, per_image_classes, total=per_image_total)
+                    head = HeadInputs(features, probs, self.folder.weights, targets, directions, fixed)
+                else:
+                    targets = self.resolve_targets(probs, per_image_classes, top_k, total=per_image_total)
+                    head = HeadInputs(features, probs, self.folder.weights, targets)
                 if isinstance(cam_method, ScoreCAM):
                     # bind() stores per-call state: a private copy keeps a caller's ScoreCAM safe to share.
                     cam_method = copy.copy(cam_method).bind(batch, self.manifest.input.layout,
@@ -481,7 +543,9 @@ class CamEngine:
                 for t, class_id in enumerate(targets[row]):
                     heatmap = heatmap_at(raw_maps[row, t], image.height, image.width)
                     target_maps.append(TargetMap(
-                        class_id=int(class_id), label=self.labels[class_id], probability=float(probs[row, class_id]),
+                        class_id=int(class_id),
+                        label=target_labels[row][t] if target_labels else self.labels[class_id],
+                        probability=float(probs[row, class_id]),
                         raw=raw_maps[row, t], heatmap=heatmap,
                         boxes=boxes_from_map(heatmap, box_threshold, all_boxes)))
                 maps_ms = shared_ms + (time.perf_counter() - start) * 1e3
@@ -502,8 +566,19 @@ def _relu_mean(maps: FloatArray) -> FloatArray:
     return relu(maps) / np.float32(maps.shape[-2] * maps.shape[-1])
 
 
-def _is_per_image(classes: Targets) -> TypeGuard[Sequence[Sequence[ClassSpec]]]:
+def _has_target_objects(classes: Targets) -> bool:
+    if isinstance(classes, Target):
+        return True
     if classes is None or isinstance(classes, int | str | np.integer):
+        return False
+    items = list(classes)
+    if _are_rows(items):
+        return any(isinstance(c, Target) for row in items for c in row)
+    return any(isinstance(c, Target) for c in items)
+
+
+def _is_per_image(classes: Targets) -> TypeGuard[Sequence[Sequence[ClassSpec]]]:
+    if classes is None or isinstance(classes, int | str | np.integer | Target):
         return False
     return _are_rows(list(classes))
 

@@ -91,6 +91,13 @@ class OnnxMissingError(ModelLoadingError, ImportError):
         super().__init__(f"{feature} needs the onnx package: pip install onnx (or the 'test'/'export' extra)")
 
 
+class MissingDependencyError(CamError, ImportError):
+    """An optional feature was used without the package that provides it."""
+
+    def __init__(self, feature: str, package: str, extra: str) -> None:
+        super().__init__(f"{feature} needs the {package} package: pip install 'cam-runtime[{extra}]'")
+
+
 # --- execution providers ---------------------------------------------------------------------------
 
 

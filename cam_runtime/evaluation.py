@@ -15,6 +15,11 @@ Faithfulness (on the model's input at its own resolution; see ``docs/evaluation.
 * **average drop / increase in confidence** (Chattopadhay et al. 2018): the image is multiplied by the
   [0, 1] map and the target probability compared with the unmasked one: drop = mean(max(0, Y − O) / Y) · 100,
   increase = % of images with O > Y.
+* **ROAD** (Rong et al. 2022; pytorch-grad-cam's definition): pixels removed by noisy linear imputation at
+  several percentiles of the map, most (MoRF) and least (LeRF) relevant first; see :mod:`cam_runtime.road`.
+* **ADCC** (Poppi et al. 2021; OpenVINO XAI's definition): the harmonic mean of coherency, 1 − complexity and
+  1 − average drop, where coherency = (Pearson(map, map of the masked image) + 1) / 2, complexity = mean(map)
+  and average drop = max(0, Y − O) / Y, the masked image being the image multiplied by its [0, 1] map.
 """
 
 from __future__ import annotations
@@ -33,8 +38,9 @@ from .boxes import DEFAULT_THRESHOLD, boxes_from_map
 from .engine import CamEngine
 from .errors import CamError, InvalidArgumentError, UnknownClassError, UnsafePathError
 from .imaging import DecodedImage
-from .maps import heatmap_at
+from .maps import heatmap_at, upsample
 from .preprocess import resize_image
+from .road import DEFAULT_PERCENTILES, RoadScore, road
 
 Baseline = Literal["blur", "mean"]
 BASELINES: tuple[str, ...] = ("blur", "mean")
@@ -133,6 +139,39 @@ class Faithfulness:
         return self.masked_probability > self.full_probability
 
 
+@dataclass(frozen=True)
+class AdccScore:
+    """ADCC's three parts for one image (Poppi et al. 2021)."""
+
+    coherency: float
+    complexity: float
+    average_drop: float
+
+    @property
+    def adcc(self) -> float:
+        """3 / (1/coherency + 1/(1 − complexity) + 1/(1 − average drop)); 0 when a part is at its worst."""
+        return adcc_from_parts(self.coherency, self.complexity, self.average_drop)
+
+
+def adcc_from_parts(coherency: float, complexity: float, average_drop: float) -> float:
+    """The harmonic mean of coherency, 1 − complexity and 1 − average drop (each in [0, 1])."""
+    parts = (coherency, 1.0 - complexity, 1.0 - average_drop)
+    if min(parts) <= 0.0:
+        return 0.0
+    return 3.0 / sum(1.0 / p for p in parts)
+
+
+def coherency(saliency: FloatArray, masked_saliency: FloatArray) -> float:
+    """(Pearson correlation + 1) / 2 of two maps; 0.5 (no correlation) when either map is constant."""
+    a = saliency.reshape(-1).astype(np.float64)
+    b = masked_saliency.reshape(-1).astype(np.float64)
+    a -= a.mean()
+    b -= b.mean()
+    denominator = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    r = float((a * b).sum()) / denominator if denominator > 0.0 else 0.0
+    return (r + 1.0) / 2.0
+
+
 def faithfulness(engine: CamEngine, pixels: FloatArray, saliency: FloatArray, class_id: int, *,
                  steps: int = DEFAULT_STEPS, baseline: Baseline = "blur", batch_size: int = 64) -> Faithfulness:
     """Deletion/insertion curves and the Chattopadhay masked pass for one image, batched through the model.
@@ -189,6 +228,8 @@ class ImageScore:
     pointing_hit: bool
     iou: float
     faithfulness: Faithfulness | None = None
+    road: RoadScore | None = None
+    adcc: AdccScore | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (curves as lists)."""
@@ -200,6 +241,12 @@ class ImageScore:
             out.update(deletion_auc=round(f.deletion_auc, 4), insertion_auc=round(f.insertion_auc, 4),
                        full_probability=round(f.full_probability, 5),
                        masked_probability=round(f.masked_probability, 5))
+        if self.road is not None:
+            out.update(road_morf=round(self.road.morf_mean, 5), road_lerf=round(self.road.lerf_mean, 5),
+                       road_combined=round(self.road.combined, 5))
+        if self.adcc is not None:
+            a = self.adcc
+            out.update(adcc=round(a.adcc, 5), coherency=round(a.coherency, 5), complexity=round(a.complexity, 5))
         return out
 
 
@@ -255,7 +302,22 @@ class MethodReport:
             "insertion_auc": rounded(self._mean(f.insertion_auc for f in faithful)),
             "average_drop": rounded(self._mean(f.drop for f in faithful)),
             "increase_in_confidence": rounded(self._mean(100.0 * f.increase for f in faithful)),
+            "road_morf": rounded(self._mean(s.road.morf_mean for s in self.images if s.road is not None)),
+            "road_lerf": rounded(self._mean(s.road.lerf_mean for s in self.images if s.road is not None)),
+            "road_combined": rounded(self._mean(s.road.combined for s in self.images if s.road is not None)),
+            **self._adcc_summary(rounded),
         }
+
+    def _adcc_summary(self, rounded: Any) -> dict[str, float | None]:
+        """ADCC over the data set as OpenVINO XAI aggregates it: the formula applied to the mean parts."""
+        parts = [s.adcc for s in self.images if s.adcc is not None]
+        if not parts:
+            return {"adcc": None, "coherency": None, "complexity": None}
+        coh = float(np.mean([p.coherency for p in parts]))
+        com = float(np.mean([p.complexity for p in parts]))
+        drop = float(np.mean([p.average_drop for p in parts]))
+        return {"adcc": rounded(adcc_from_parts(coh, com, drop)), "coherency": rounded(coh),
+                "complexity": rounded(com)}
 
     def to_dict(self, per_image: bool = True) -> dict[str, Any]:
         """Summary, mean curves and (optionally) per-image scores."""
@@ -350,15 +412,19 @@ def _inside(root: Path, name: str) -> Path:
 def evaluate_method(engine: CamEngine, samples: Sequence[Sample], method: str, *,
                     box_threshold: float = DEFAULT_THRESHOLD, steps: int | None = DEFAULT_STEPS,
                     baseline: Baseline = "blur", batch_size: int = 16,
-                    saliency_override: Sequence[FloatArray] | None = None) -> MethodReport:
+                    saliency_override: Sequence[FloatArray] | None = None, adcc: bool = True,
+                    road_percentiles: Sequence[float] | None = None, seed: int = 0) -> MethodReport:
     """Explain every sample's target with ``method`` and score it (``steps=None`` skips faithfulness).
 
-    ``saliency_override`` replaces the maps at the model input size for the faithfulness metrics (used to
-    score reference maps such as the ground-truth box or noise).
+    ``adcc`` adds ADCC (one more explain pass per image on the masked image); ``road_percentiles`` adds ROAD
+    at those percentiles (two imputations and passes per percentile; noise seeded with ``seed``); both need
+    faithfulness (``steps``). ``saliency_override`` replaces the maps at the model input size for the
+    faithfulness metrics (used to score reference maps such as the ground-truth box or noise; no ADCC then).
     """
     if baseline not in BASELINES:
         raise InvalidArgumentError(f"baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
     spec = engine.manifest.input
+    rng = np.random.default_rng(seed)
     scores: list[ImageScore] = []
     name = method
     for start in range(0, len(samples), batch_size):
@@ -367,6 +433,9 @@ def evaluate_method(engine: CamEngine, samples: Sequence[Sample], method: str, *
         results = engine.explain([image.bgr for image in images], method=method,
                                  classes=[[s.target] for s in chunk], batch_size=batch_size,
                                  box_threshold=box_threshold, array_order="BGR")
+        chunk_scores: list[ImageScore] = []
+        masked: list[FloatArray] = []
+        saliencies: list[FloatArray] = []
         for offset, (sample, image, result) in enumerate(zip(chunk, images, results, strict=True)):
             name = result.method
             target_map = result.targets[0]
@@ -381,14 +450,52 @@ def evaluate_method(engine: CamEngine, samples: Sequence[Sample], method: str, *
                             else heatmap_at(target_map.raw, spec.height, spec.width))
                 scored.faithfulness = faithfulness(engine, pixels, saliency, sample.target, steps=steps,
                                                    baseline=baseline, batch_size=max(batch_size, steps + 1))
-            scores.append(scored)
+                if road_percentiles:
+                    scored.road = road_score(engine, pixels, saliency, sample.target,
+                                             percentiles=road_percentiles, rng=rng)
+                masked.append(pixels * np.clip(saliency, 0.0, 1.0)[..., None])
+                saliencies.append(saliency)
+            chunk_scores.append(scored)
+        if adcc and masked and saliency_override is None:
+            _add_adcc(engine, method, chunk_scores, masked, saliencies, batch_size)
+        scores.extend(chunk_scores)
     return MethodReport(method=name, images=scores, box_threshold=box_threshold)
+
+
+def road_score(engine: CamEngine, pixels: FloatArray, saliency: FloatArray, class_id: int, *,
+               percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+               rng: np.random.Generator | None = None) -> RoadScore:
+    """ROAD of one image (float BGR pixels at the input size, [0, 1] map), imputed in the model's input space."""
+    nchw = engine.manifest.input.layout == "NCHW"
+    tensor = pixels_to_tensor(engine, pixels)
+    tensor_hwc = tensor.transpose(1, 2, 0) if nchw else tensor
+
+    def target_probability(stack: FloatArray) -> FloatArray:
+        batch = np.ascontiguousarray(stack.transpose(0, 3, 1, 2) if nchw else stack, dtype=np.float32)
+        return engine.predict_probabilities(batch)[:, class_id]
+
+    return road(tensor_hwc, saliency, target_probability, percentiles=percentiles, rng=rng)
+
+
+def _add_adcc(engine: CamEngine, method: str, scores: Sequence[ImageScore], masked: Sequence[FloatArray],
+              saliencies: Sequence[FloatArray], batch_size: int) -> None:
+    """Explain each masked image for the same target and method, then fill in the ADCC parts."""
+    again = engine.explain([np.clip(m / 255.0, 0.0, 1.0).astype(np.float32) for m in masked], method=method,
+                           classes=[[s.target] for s in scores], batch_size=batch_size, array_order="BGR")
+    for scored, saliency, result in zip(scores, saliencies, again, strict=True):
+        assert scored.faithfulness is not None  # masked images exist only with faithfulness
+        height, width = saliency.shape
+        masked_map = upsample(result.targets[0].raw, height, width)
+        scored.adcc = AdccScore(coherency=coherency(saliency, masked_map),
+                                complexity=float(np.clip(saliency, 0.0, 1.0).mean()),
+                                average_drop=scored.faithfulness.drop / 100.0)
 
 
 def evaluate(engine: CamEngine, images_dir: str | Path, annotations: Annotations, methods: Sequence[str], *,
              box_threshold: float = DEFAULT_THRESHOLD, steps: int | None = DEFAULT_STEPS,
-             baseline: Baseline = "blur", batch_size: int = 16) -> EvaluationReport:
-    """Evaluate several methods on the annotated images of ``images_dir``."""
+             baseline: Baseline = "blur", batch_size: int = 16, adcc: bool = True,
+             road_percentiles: Sequence[float] | None = None, seed: int = 0) -> EvaluationReport:
+    """Evaluate several methods on the annotated images of ``images_dir`` (see :func:`evaluate_method`)."""
     if not methods:
         raise InvalidArgumentError("give at least one method")
     if not 0.0 < box_threshold <= 1.0:
@@ -398,9 +505,12 @@ def evaluate(engine: CamEngine, images_dir: str | Path, annotations: Annotations
         raise InvalidArgumentError(f"none of the {len(annotations)} annotated images could be evaluated"
                                    + (f" (first error: {failures[0]['error']})" if failures else ""))
     reports = [evaluate_method(engine, samples, m, box_threshold=box_threshold, steps=steps, baseline=baseline,
-                               batch_size=batch_size) for m in methods]
+                               batch_size=batch_size, adcc=adcc, road_percentiles=road_percentiles, seed=seed)
+               for m in methods]
     settings = {"images_dir": str(images_dir), "annotated_images": len(annotations), "evaluated": len(samples),
                 "box_threshold": box_threshold, "steps": steps, "baseline": baseline,
                 "blur_sigma_fraction": BLUR_SIGMA_FRACTION if baseline == "blur" else None,
-                "corloc_iou": CORLOC_IOU}
+                "corloc_iou": CORLOC_IOU, "adcc": adcc and steps is not None,
+                "road_percentiles": list(road_percentiles) if road_percentiles and steps is not None else None,
+                "seed": seed}
     return EvaluationReport(model=engine.manifest.name, settings=settings, methods=reports, failures=failures)

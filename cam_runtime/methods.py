@@ -38,6 +38,10 @@ class HeadInputs:
     probabilities: FloatArray  # [N, K]
     weights: FloatArray  # [C, K]
     classes: npt.NDArray[np.intp]  # [N, T]
+    directions: FloatArray | None = None
+    """[N, T, K]: dScore/dlogits per target (target objects); None means one-hot on ``classes``."""
+    fixed_score: npt.NDArray[np.bool_] | None = None
+    """[N, T]: targets whose direction is their own score's (the method's logit/probability choice is ignored)."""
 
     def __post_init__(self) -> None:
         n, _, _, c = self.features.shape
@@ -48,6 +52,10 @@ class HeadInputs:
                 f"probabilities must have shape [{n}, {self.weights.shape[1]}], found {list(self.probabilities.shape)}")
         if self.classes.ndim != 2 or self.classes.shape[0] != n:
             raise InvalidArgumentError(f"classes must have shape [{n}, T], found {list(self.classes.shape)}")
+        expected = (*self.classes.shape, self.weights.shape[1])
+        if self.directions is not None and self.directions.shape != expected:
+            raise InvalidArgumentError(f"directions must have shape {list(expected)}, "
+                                       f"found {list(self.directions.shape)}")
 
     @property
     def spatial_size(self) -> int:
@@ -55,11 +63,15 @@ class HeadInputs:
         return int(self.features.shape[1] * self.features.shape[2])
 
     def class_weights(self) -> FloatArray:
-        """W[:, c] for every target: [N, T, C]."""
+        """W[:, c] for every target (W · direction for target objects): [N, T, C]."""
+        if self.directions is not None:
+            return (self.directions @ self.weights.T).astype(np.float32)
         return self.weights.T[self.classes]
 
     def gradients(self, score: Score) -> FloatArray:
         """The spatially constant gradient dScore/dA for every target: [N, T, C]."""
+        if self.directions is not None:
+            return self._direction_gradients(score)
         w_c = self.class_weights()
         if score == "logit":
             return w_c / np.float32(self.spatial_size)
@@ -68,6 +80,18 @@ class HeadInputs:
             p_c = np.take_along_axis(self.probabilities, self.classes, axis=1)[..., None]  # [N, T, 1]
             return (p_c * (w_c - expected_w[:, None, :]) / self.spatial_size).astype(np.float32)
         raise InvalidArgumentError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+
+    def _direction_gradients(self, score: Score) -> FloatArray:
+        assert self.directions is not None
+        v = self.directions
+        if score == "probability":
+            # d(Σ_j v_j p_j)/dz = p ∘ v − p (p · v): the softmax Jacobian applied to the direction
+            p = self.probabilities[:, None, :]
+            along = p * v - p * (p * v).sum(axis=-1, keepdims=True)
+            v = along if self.fixed_score is None else np.where(self.fixed_score[..., None], v, along)
+        elif score != "logit":
+            raise InvalidArgumentError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+        return ((v @ self.weights.T) / np.float32(self.spatial_size)).astype(np.float32)
 
 
 def weighted_sum(features: FloatArray, channel_weights: FloatArray) -> FloatArray:
@@ -252,7 +276,13 @@ class ScoreCAM(CamMethod):
                 flat_spans = span.reshape(-1)
                 scores[start:start + len(chunk)][flat_spans <= 0] = 0.0
             selected = features[:, :, channels]  # [h, w, M]
-            weights = scores[:, head.classes[i]].T  # [T, M]
+            if head.directions is not None:
+                if head.fixed_score is not None and head.fixed_score[i].any():
+                    raise InvalidArgumentError("Score-CAM weighs channels by masked-input probabilities: it takes "
+                                               "class, rank and difference targets, not custom scores")
+                weights = (head.directions[i] @ scores.T).astype(np.float32)  # [T, M]
+            else:
+                weights = scores[:, head.classes[i]].T  # [T, M]
             out[i] = relu(np.tensordot(weights, selected, axes=([1], [2])).astype(np.float32))
         return out
 

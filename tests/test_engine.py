@@ -219,11 +219,11 @@ def test_boxes_on_synthetic_maps() -> None:
 
 def test_overlay_layout_and_channel_order(tiny_nhwc: Path, photo_arrays: dict) -> None:
     result = CamEngine.load(tiny_nhwc, device="cpu").explain(photo_arrays["chelsea"])[0]
-    rgb = result.overlay(alpha=0.4, draw_boxes=False)
-    bgr = result.overlay(alpha=0.4, draw_boxes=False, channel_order="BGR")
+    rgb = result.overlay(heatmap_weight=0.4, draw_boxes=False)
+    bgr = result.overlay(heatmap_weight=0.4, draw_boxes=False, channel_order="BGR")
     assert rgb.shape == (300, 451, 3) and rgb.dtype == np.uint8
     np.testing.assert_array_equal(rgb, bgr[:, :, ::-1])
-    np.testing.assert_array_equal(result.overlay(alpha=0.0, draw_boxes=False), photo_arrays["chelsea"])
+    np.testing.assert_array_equal(result.overlay(heatmap_weight=0.0, draw_boxes=False), photo_arrays["chelsea"])
     assert result.colored_heatmap().shape == (300, 451, 3)
     with pytest.raises(InvalidArgumentError):
         result.overlay(colormap="rainbowish")

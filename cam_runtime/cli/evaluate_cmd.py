@@ -29,11 +29,13 @@ PLOT_FILE = "curves.png"
 
 def run_evaluation(model: Path, images: Path, boxes: Path, methods: list[str], *, device: Device | str = "auto",
                    threads: int | None = None, batch_size: int = 16, steps: int = 32, baseline: str = "blur",
-                   box_threshold: float = 0.2, faithfulness: bool = True) -> Any:
+                   box_threshold: float = 0.2, faithfulness: bool = True, adcc: bool = True,
+                   road: bool = False, seed: int = 0) -> Any:
     """Load the model and the boxes, then evaluate every method (returns an EvaluationReport)."""
     from cam_runtime.annotations import read_boxes
     from cam_runtime.evaluation import evaluate
     from cam_runtime.methods import ALIASES, METHODS
+    from cam_runtime.road import DEFAULT_PERCENTILES
 
     names = list(METHODS) if [m.lower() for m in methods] == ["all"] else methods
     for name in names:
@@ -45,7 +47,8 @@ def run_evaluation(model: Path, images: Path, boxes: Path, methods: list[str], *
     engine = load_engine(model, device, threads)
     return evaluate(engine, images, annotations, names, box_threshold=box_threshold,
                     steps=steps if faithfulness else None, baseline=baseline,  # type: ignore[arg-type]
-                    batch_size=batch_size)
+                    batch_size=batch_size, adcc=adcc, road_percentiles=DEFAULT_PERCENTILES if road else None,
+                    seed=seed)
 
 
 def write_outputs(report: Any, output: Path, *, per_image: bool = True) -> tuple[Path, Path]:
@@ -66,7 +69,8 @@ def _table(report: Any) -> Any:
     table = Table(title=f"{report.model}: {report.settings['evaluated']} images", title_justify="left")
     columns = [("method", "method"), ("accuracy", "acc"), ("pointing_game", "point"), ("mean_iou", "IoU"),
                ("corloc", "CorLoc"), ("deletion_auc", "del↓"), ("insertion_auc", "ins↑"),
-               ("average_drop", "drop%↓"), ("increase_in_confidence", "incr%↑")]
+               ("average_drop", "drop%↓"), ("increase_in_confidence", "incr%↑"), ("adcc", "ADCC↑"),
+               ("road_combined", "ROAD↑")]
     for _, title in columns:
         table.add_column(title, justify="left" if title == "method" else "right", no_wrap=True)
     for method in report.methods:
@@ -95,11 +99,17 @@ def evaluate(
                                                  help="Map box: largest region ≥ this fraction of the peak.")] = 0.2,
     no_faithfulness: Annotated[bool, typer.Option("--no-faithfulness",
                                                   help="Only localisation metrics (skip deletion/insertion "
-                                                       "and average drop).")] = False,
+                                                       "and average drop, ADCC, ROAD).")] = False,
+    no_adcc: Annotated[bool, typer.Option("--no-adcc", help="Skip ADCC (one more pass per image on the masked "
+                                                            "image).")] = False,
+    road: Annotated[bool, typer.Option("--road", help="Add ROAD (noisy linear imputation at 10..90% of the map, "
+                                                      "18 passes per image; needs SciPy).")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of ROAD's imputation noise.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing evaluation.json.")] = False,
 ) -> None:
     """Score CAM methods against ground-truth boxes: pointing game, box IoU / CorLoc, deletion and insertion
-    AUC, average drop and increase in confidence. Writes evaluation.json and curves.png.
+    AUC, average drop and increase in confidence, ADCC and (with --road) ROAD. Writes evaluation.json and
+    curves.png.
 
     Exit status: 0 all annotated images evaluated, 1 some could not be read (listed in the JSON), 2 usage error.
     """
@@ -109,7 +119,7 @@ def evaluate(
         raise OutputExistsError(output / REPORT_FILE)
     report = run_evaluation(model, images, boxes, method or ["cam"], device=device, threads=threads,
                             batch_size=batch_size, steps=steps, baseline=baseline, box_threshold=box_threshold,
-                            faithfulness=not no_faithfulness)
+                            faithfulness=not no_faithfulness, adcc=not no_adcc, road=road, seed=seed)
     json_path, plot_path = write_outputs(report, output)
     out_console().print(_table(report))
     for failure in report.failures:

@@ -38,7 +38,9 @@ def explain(
                                                       "instead of the top-k; repeatable.", show_default=False)] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = DEFAULT_OUTPUT,
     image_format: Annotated[str, typer.Option("--format", "-f", help="Overlay format: jpg, png or webp.")] = "jpg",
-    alpha: Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Heatmap opacity.")] = 0.5,
+    alpha: Annotated[float, typer.Option("--heatmap-weight", "--alpha", min=0.0, max=1.0,
+                                         help="The heatmap's share of each overlay pixel (the photo gets the "
+                                              "rest).")] = 0.5,
     colormap: Annotated[str, typer.Option("--colormap", help="OpenCV colormap (jet, turbo, inferno, ...).")] = "jet",
     boxes: Annotated[bool, typer.Option("--boxes/--no-boxes", help="Draw boxes on overlays.")] = True,
     all_boxes: Annotated[bool, typer.Option("--all-boxes", help="Every connected region, not just the largest.")]

@@ -198,8 +198,8 @@ def _write_outputs(outcome: ExplainResult | ImageFailure, item: InputItem, key: 
     overlays: list[str] = []
     heatmaps: list[str | None] = []
     for index, target in enumerate(outcome.targets):
-        bgr = outcome.overlay(index, alpha=options.alpha, colormap=options.colormap, draw_boxes=options.boxes,
-                              channel_order="BGR")
+        bgr = outcome.overlay(index, heatmap_weight=options.alpha, colormap=options.colormap,
+                              draw_boxes=options.boxes, channel_order="BGR")
         name = layout.overlay_name(key, index)
         write_image_atomic(layout.path(name), bgr, options.image_format, fsync=False)
         overlays.append(name)
