@@ -7,8 +7,9 @@ after layer in inference mode (MobileNetV2's features end up around 1e-13 and ev
 1. every BatchNormalization's moving statistics are set to the batch statistics of a fixed calibration batch
    (the bundled example photos, seeded crops of them and the exporter's seeded noise parity inputs: with
    statistics from smooth photos alone, noise's high-frequency energy grows layer after layer, EfficientNet's
-   features reach ~1e4 and Keras and ONNX round-off then differ beyond the parity tolerance), so each layer's output is normalised;
-2. the classifier Dense is re-drawn from a seeded normal scaled so the logits spread by a few units, and centred
+   features reach ~1e4 and Keras and ONNX round-off then differ beyond the parity tolerance), so each layer's
+   output is normalised;
+2. the classifier Dense is re-drawn from a seeded normal scaled so the logits spread by about one unit, and centred
    so no class wins on every image by its bias alone.
 """
 
