@@ -189,3 +189,43 @@ def test_scorecam_warns_that_it_is_slow(model: Path, photo: Path, tmp_path: Path
     assert result.exit_code == 0, result.output
     assert any(line.startswith("warning: scorecam") and "longer" in line for line in result.stderr.splitlines()), \
         result.stderr
+
+
+# --- friction 2: labels match like people type them -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cat_engine(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny model whose labels look like ImageNet's WordNet lemmas."""
+    from cam_runtime import CamEngine
+
+    labels = ["tabby", "Egyptian_cat", "tiger_cat", "crane", "crane"]
+    folder = make_tiny_folder(tmp_path_factory.mktemp("cats") / "cats", "NHWC", seed=1, labels=labels)
+    return CamEngine.load(folder, device="cpu")
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    ("Egyptian cat", 1), ("egyptian_cat", 1), ("EGYPTIAN-CAT", 1), ("  egyptian   cat ", 1),
+    ("tabby, tabby cat", 0), ("tiger cat, Panthera tigris", 2), ("2", 2),
+])
+def test_labels_match_case_and_separator_insensitively(cat_engine, spec: str, expected: int) -> None:
+    assert cat_engine.class_id(spec) == expected
+
+
+def test_unknown_label_suggests_close_matches_and_ambiguity_stays_an_error(cat_engine) -> None:
+    from cam_runtime.errors import UnknownClassError
+
+    with pytest.raises(UnknownClassError, match="did you mean 'Egyptian_cat'"):
+        cat_engine.class_id("egyptain cat")
+    with pytest.raises(UnknownClassError, match="no such label$"):
+        cat_engine.class_id("zebra")
+    with pytest.raises(UnknownClassError, match="ambiguous"):
+        cat_engine.class_id("Crane")
+    with pytest.raises(UnknownClassError, match="no such label"):
+        cat_engine.class_id("tabby, tiger cat")  # two different classes: refuse rather than guess
+
+
+def test_cli_class_with_spaces(model: Path, photo: Path, tmp_path: Path) -> None:
+    result = invoke("explain", photo, "-m", model, "-o", tmp_path / "out", "--class", "Triangle", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.splitlines()[0])["targets"][0]["label"] == "triangle"
