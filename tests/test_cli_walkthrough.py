@@ -229,3 +229,21 @@ def test_cli_class_with_spaces(model: Path, photo: Path, tmp_path: Path) -> None
     result = invoke("explain", photo, "-m", model, "-o", tmp_path / "out", "--class", "Triangle", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout.splitlines()[0])["targets"][0]["label"] == "triangle"
+
+
+# --- friction 6: usage errors are one line -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [["explain", "x.jpg", "--nope"], ["explain"], ["bogus"], ["explain", "-k", "0", "x"]])
+def test_usage_errors_are_one_line(args: list[str]) -> None:
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, "-m", "cam_runtime", *args], capture_output=True, text=True, env=env,
+                          cwd=root, timeout=60)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--help" in lines[0], proc.stderr
+    assert proc.stdout == ""
