@@ -247,3 +247,19 @@ def test_usage_errors_are_one_line(args: list[str]) -> None:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "--help" in lines[0], proc.stderr
     assert proc.stdout == ""
+
+
+# --- friction 5: info shows what a derived folder is ----------------------------------------------------------------
+
+
+def test_info_on_a_derived_folder_shows_variant_source_settings_and_fidelity(model: Path, photo: Path,
+                                                                             tmp_path: Path) -> None:
+    out = tmp_path / "int8"
+    assert invoke("quantize", out, "-m", model, "-c", photo.parent, "--accept-low-fidelity").exit_code == 0
+    data = json.loads(invoke("info", out, "--json").stdout)
+    prov = data["provenance"]
+    assert prov["variant"] == "int8" and prov["derived_from"]["path"] == str(model)
+    assert prov["quantization"]["calibration_images"] == 1
+    assert prov["fidelity"]["sets"]["calibration"]["images"] == 1
+    text = runner.invoke(app, ["info", str(out)], env={"COLUMNS": "200"}).stdout
+    assert "variant" in text and "top-1 agreement" in text and "no held-out set" in text
