@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -148,7 +149,9 @@ def _build_application(architecture: Architecture, weights: str, input_size: int
                        "bundled example photos, classifier redrawn)")
     if weights == "imagenet":
         try:
-            return architecture.build("imagenet", input_size), "imagenet"
+            # Keras prints "Downloading data from https://…" on stdout; stdout belongs to the command's result.
+            with contextlib.redirect_stdout(sys.stderr):
+                return architecture.build("imagenet", input_size), "imagenet"
         except (OSError, ConnectionError, TimeoutError) as exc:
             raise WeightsUnavailableError(architecture.name, _short(exc)) from None
         except Exception as exc:  # keras wraps urllib errors in a plain Exception ("URL fetch failure ...")

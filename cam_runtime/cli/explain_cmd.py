@@ -24,8 +24,8 @@ from .common import (
 )
 
 DEFAULT_OUTPUT = Path("outputs")
-SCORECAM_SLOW = ("scorecam runs 128 masked forward passes per image: expect it to take about 20x longer than the "
-                 "other methods (measured on the fixture model; see docs/cli.md)")
+SCORECAM_SLOW = ("scorecam runs 128 masked forward passes per image: expect it to take 10-20x longer than the "
+                 "other methods (see docs/cli.md)")
 
 
 @handle_errors
