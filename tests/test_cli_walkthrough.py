@@ -217,7 +217,7 @@ def test_unknown_label_suggests_close_matches_and_ambiguity_stays_an_error(cat_e
 
     with pytest.raises(UnknownClassError, match="did you mean 'Egyptian_cat'"):
         cat_engine.class_id("egyptain cat")
-    with pytest.raises(UnknownClassError, match="no such label$"):
+    with pytest.raises(UnknownClassError, match=r"no such label$"):
         cat_engine.class_id("zebra")
     with pytest.raises(UnknownClassError, match="ambiguous"):
         cat_engine.class_id("Crane")
