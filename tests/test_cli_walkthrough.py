@@ -263,3 +263,28 @@ def test_info_on_a_derived_folder_shows_variant_source_settings_and_fidelity(mod
     assert prov["fidelity"]["sets"]["calibration"]["images"] == 1
     text = runner.invoke(app, ["info", str(out)], env={"COLUMNS": "200"}).stdout
     assert "variant" in text and "top-1 agreement" in text and "no held-out set" in text
+
+
+# --- README commands run as written (those that need no network or ImageNet weights) -------------------------------
+
+
+def readme_commands() -> list[list[str]]:
+    """``camr`` lines of the README's Command line block that use the committed fixture model."""
+    import shlex
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = text.split("## Command line", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    lines = block.replace("\\\n", " ").splitlines()
+    return [shlex.split(line.split("#", 1)[0])[1:] for line in lines
+            if line.startswith("camr ") and "models/fixtures/" in line]
+
+
+def test_readme_fixture_commands_run_as_written(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    commands = readme_commands()
+    assert commands, "the README's command block no longer uses the fixture model"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "models" / "fixtures", tmp_path / "models" / "fixtures")
+    monkeypatch.chdir(tmp_path)
+    for args in commands:
+        result = invoke(*args)
+        assert result.exit_code == 0, (args, result.output)
+    assert (tmp_path / "eval" / "evaluation.json").is_file()
