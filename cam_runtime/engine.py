@@ -70,7 +70,7 @@ class CamEngine:
         self._output_names = [self.manifest.outputs.probabilities, self.manifest.outputs.features]
         self._label_index: dict[str, list[int]] = {}
         for i, label in enumerate(folder.labels):
-            self._label_index.setdefault(label.lower(), []).append(i)
+            self._label_index.setdefault(normalise_label(label), []).append(i)
         self.device_maps = device_maps
         """True when the session has the on-device CAM outputs (see :mod:`cam_runtime.device_maps`)."""
         self._validate_graph()
@@ -289,13 +289,32 @@ class CamEngine:
         if isinstance(target, str):
             if target.strip().lstrip("-").isdigit():
                 return self.class_id(int(target))
-            ids = self._label_index.get(target.strip().lower())
+            ids = self._label_ids(target)
             if not ids:
-                raise UnknownClassError(target, "no such label")
+                raise UnknownClassError(target, f"no such label{self._suggestion(target)}")
             if len(ids) > 1:
                 raise UnknownClassError(target, f"label is ambiguous (ids {ids}); give the id instead")
             return ids[0]
         raise UnknownClassError(target, "expected an int id or a label")
+
+    def _label_ids(self, target: str) -> list[int]:
+        """Ids whose label matches ``target`` ignoring case and separators; "tabby, tabby cat" (a WordNet synonym
+        list) matches when the parts that are labels all name the same class."""
+        ids = self._label_index.get(normalise_label(target))
+        if ids or "," not in target:
+            return list(ids or [])
+        found = {tuple(self._label_index[key]) for key in map(normalise_label, target.split(","))
+                 if key in self._label_index}
+        return list(found.pop()) if len(found) == 1 else []
+
+    def _suggestion(self, target: str) -> str:
+        import difflib
+
+        close = difflib.get_close_matches(normalise_label(target), list(self._label_index), n=3, cutoff=0.75)
+        if not close:
+            return ""
+        names = [self.labels[self._label_index[key][0]] for key in close]
+        return f"; did you mean {' or '.join(repr(n) for n in names)}?"
 
     def resolve_targets(self, probabilities: npt.NDArray[np.float32], classes: Targets, top_k: int,
                         offset: int = 0, total: int | None = None) -> npt.NDArray[np.intp]:
@@ -555,6 +574,12 @@ class CamEngine:
                     timings_ms={**timings, "inference": infer_ms, "maps": maps_ms})
         for position, item in enumerate(decoded):
             yield item if isinstance(item, ImageFailure) else outputs[position]
+
+
+def normalise_label(label: str) -> str:
+    """A label as matched: lower case, '_' and '-' as spaces, runs of spaces collapsed ("Egyptian cat" ==
+    "egyptian_cat")."""
+    return " ".join(label.lower().replace("_", " ").replace("-", " ").split())
 
 
 def _identity(maps: FloatArray) -> FloatArray:

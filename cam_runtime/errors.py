@@ -21,7 +21,24 @@ class ModelFolderNotFoundError(ModelLoadingError, FileNotFoundError):
     """The model folder does not exist."""
 
     def __init__(self, path: str | Path) -> None:
-        super().__init__(f"model folder not found: {path}")
+        super().__init__(_missing_model_message(Path(path)))
+
+
+def _missing_model_message(path: Path) -> str:
+    """'model folder not found' with the likeliest fix: a file given, or a sibling folder that is a model."""
+    if path.is_file():
+        return f"{path} is a file, not a model folder (pass the folder that holds manifest.json)"
+    parent = path.parent
+    try:
+        siblings = sorted(p for p in parent.iterdir() if (p / "manifest.json").is_file())
+    except OSError:
+        siblings = []
+    stem = path.name.split("-")[0]
+    close = [p for p in siblings if p.name.startswith(stem)] or siblings
+    if close:
+        names = " or ".join(f"-m {p}" for p in close[:3])
+        return f"model folder not found: {path} (did you mean {names}?)"
+    return f"model folder not found: {path} (create one with `camr export` or `camr demo`)"
 
 
 class ModelFileNotFoundError(ModelLoadingError, FileNotFoundError):
@@ -140,6 +157,15 @@ class ImageNotFoundError(ImageError, FileNotFoundError):
         super().__init__(f"image not found: {path}")
 
 
+class ImageFolderError(ImageError, NotADirectoryError):
+    """A folder of images was expected (quantize --calibration / --held-out) but the path is a file or missing."""
+
+    def __init__(self, path: str | Path, what: str = "images") -> None:
+        problem = ("is a file, not a folder (pass the folder that holds the images)" if Path(path).is_file()
+                   else "folder not found")
+        super().__init__(f"{what}: {path} {problem}")
+
+
 class ImageReadError(ImageError, OSError):
     """The image file exists but cannot be read."""
 
@@ -208,8 +234,10 @@ class OutputError(CamError, OSError):
 class OutputExistsError(OutputError, FileExistsError):
     """The output exists and overwriting was not allowed."""
 
-    def __init__(self, path: str | Path) -> None:
-        super().__init__(f"output already exists: {path} (use --force to overwrite or --skip-existing)")
+    def __init__(self, path: str | Path, *, resumable: bool = False) -> None:
+        # Only `camr explain` has --skip-existing; the other commands would send users to a missing option.
+        hint = "use --force to overwrite or --skip-existing to resume" if resumable else "use --force to overwrite"
+        super().__init__(f"output already exists: {path} ({hint})")
 
 
 class OutputFolderError(OutputError):

@@ -12,7 +12,7 @@ import numpy.typing as npt
 
 from .boxes import boxes_from_map
 from .engine import CamEngine
-from .errors import CamError, ImageNotFoundError, InvalidArgumentError
+from .errors import CamError, ImageFolderError, InvalidArgumentError
 from .imaging import IMAGE_EXTENSIONS
 from .maps import heatmap_at
 from .methods import weighted_sum
@@ -51,11 +51,11 @@ class SetFidelity:
         return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-def image_files(folder: str | Path, limit: int | None = None) -> list[Path]:
+def image_files(folder: str | Path, limit: int | None = None, what: str = "images") -> list[Path]:
     """The image files directly inside ``folder`` (sorted), at most ``limit``; a clear error when none."""
     root = Path(folder)
     if not root.is_dir():
-        raise ImageNotFoundError(root)
+        raise ImageFolderError(root, what)
     files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
         raise InvalidArgumentError(f"no images ({', '.join(IMAGE_EXTENSIONS[:4])}, …) in {root}")

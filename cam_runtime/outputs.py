@@ -199,8 +199,12 @@ class OutputLayout:
 
     def check_writable(self) -> None:
         """Create the output folder and make sure files can be written there."""
+        if self.root.exists() and not self.root.is_dir():
+            raise OutputFolderError(self.root, "it is a file, not a folder (-o names the folder outputs go into)")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:  # a parent is a file
+            raise OutputFolderError(self.root, "a parent path is a file, not a folder") from None
         except OSError as exc:
             raise OutputFolderError(self.root, exc.strerror or str(exc)) from None
         if not self.root.is_dir():
@@ -214,4 +218,4 @@ def ensure_absent(layout: OutputLayout, names: Iterable[str]) -> None:
     for name in names:
         path = layout.path(name)
         if path.exists():
-            raise OutputExistsError(path)
+            raise OutputExistsError(path, resumable=True)

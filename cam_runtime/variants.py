@@ -42,11 +42,11 @@ class EvaluationSets:
     def load(cls, engine: CamEngine, calibration: str | Path, held_out: str | Path | None,
              limit: int | None = None) -> EvaluationSets:
         """Read both folders (each at most ``limit`` images) through ``engine``'s preprocessing."""
-        files = image_files(calibration, limit)
+        files = image_files(calibration, limit, "--calibration")
         batch, sizes = load_tensors(engine, files)
         sets = cls(files, batch, sizes)
         if held_out is not None:
-            sets.held_out, sets.held_out_sizes = load_tensors(engine, image_files(held_out, limit))
+            sets.held_out, sets.held_out_sizes = load_tensors(engine, image_files(held_out, limit, "--held-out"))
         return sets
 
 

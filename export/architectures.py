@@ -23,6 +23,8 @@ class Architecture:
     constructor: str
     preprocess: Preprocess
     size: int = 224
+    min_size: int = 32
+    refused: bool = False  # known only so head detection can say why it is refused
 
     def build(self, weights: str | None, input_size: int | None = None) -> Any:
         """Instantiate the Keras model (imports keras)."""
@@ -52,14 +54,18 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in [
     Architecture("efficientnetb2", "EfficientNetB2", IDENTITY, 260),
     Architecture("efficientnetb3", "EfficientNetB3", IDENTITY, 300),
     Architecture("efficientnetv2b0", "EfficientNetV2B0", IDENTITY),
-    Architecture("xception", "Xception", TF, 299),
-    Architecture("inceptionv3", "InceptionV3", TF, 299),
-    Architecture("inceptionresnetv2", "InceptionResNetV2", TF, 299),
+    Architecture("xception", "Xception", TF, 299, 71),
+    Architecture("inceptionv3", "InceptionV3", TF, 299, 75),
+    Architecture("inceptionresnetv2", "InceptionResNetV2", TF, 299, 75),
     # Known and refused by head detection (kept so the refusal explains why instead of "unknown arch").
-    Architecture("vgg16", "VGG16", CAFFE),
-    Architecture("vgg19", "VGG19", CAFFE),
-    Architecture("convnexttiny", "ConvNeXtTiny", IDENTITY),
-    Architecture("mobilenetv3small", "MobileNetV3Small", IDENTITY),
-    Architecture("mobilenetv3large", "MobileNetV3Large", IDENTITY),
+    Architecture("vgg16", "VGG16", CAFFE, refused=True),
+    Architecture("vgg19", "VGG19", CAFFE, refused=True),
+    Architecture("convnexttiny", "ConvNeXtTiny", IDENTITY, refused=True),
+    Architecture("mobilenetv3small", "MobileNetV3Small", IDENTITY, refused=True),
+    Architecture("mobilenetv3large", "MobileNetV3Large", IDENTITY, refused=True),
 ]}
 """Architecture name (lower case, as given to --arch) → description."""
+
+
+SUPPORTED: list[str] = sorted(name for name, a in ARCHITECTURES.items() if not a.refused)
+"""Architectures that export (the others are refused by head detection, with the reason)."""

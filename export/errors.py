@@ -29,7 +29,7 @@ class UnknownArchitectureError(ExportError, ValueError):
     """--arch names no known keras.applications model."""
 
     def __init__(self, arch: str, known: list[str]) -> None:
-        super().__init__(f"unknown architecture {arch!r}; supported: {', '.join(known)}")
+        super().__init__(f"unknown architecture {arch!r}; supported: {', '.join(known)} (or --model your.keras)")
 
 
 class UnsupportedHeadError(ExportError, ValueError):
@@ -76,3 +76,14 @@ class ParityError(ExportError, ValueError):
             f"parity check failed: {quantity} differ by up to {max_error:.3g} (tolerance {tolerance:.1g}); "
             "nothing was written"
         )
+
+
+class DegenerateModelError(ExportError, ValueError):
+    """A random-weights export whose outputs do not depend on the input or the class (refused)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"refusing to export: {message}")
+
+
+class DegenerateModelWarning(UserWarning):
+    """A model file or weights whose outputs are constant on the parity inputs (exported, with a warning)."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +17,10 @@ from cam_runtime.folder_writer import write_model_folder
 from cam_runtime.manifest import InputSpec, Manifest, OutputSpec, Preprocess
 from cam_runtime.model_folder import imagenet_labels, read_labels, sha256_file
 
-from .architectures import ARCHITECTURES, Architecture
+from .architectures import ARCHITECTURES, SUPPORTED, Architecture
 from .errors import (
+    DegenerateModelError,
+    DegenerateModelWarning,
     KerasModelLoadError,
     KerasModelNotFoundError,
     LabelsError,
@@ -74,6 +78,8 @@ def export_model(output: str | Path, *, arch: str = "resnet50", weights: str = "
     if output.exists() and not force:
         raise OutputExistsError(output)
     labels = _read_labels_arg(labels_path)
+    if model_path is None:
+        _architecture(arch)  # an unknown name fails before the slow TensorFlow import
     import_tensorflow_quietly()
     import keras
 
@@ -102,6 +108,12 @@ def export_model(output: str | Path, *, arch: str = "resnet50", weights: str = "
     height, width = (int(d) for d in model.inputs[0].shape[1:3])
     onnx_bytes = _convert(keras, model, head, height, width, opset)
     parity = _verify(model, head, onnx_bytes, dense_weights, dense_bias, prep, height, width)
+    if parity.constant_outputs:
+        message = (f"the model's probabilities are constant on the parity inputs (spread over classes "
+                   f"{parity.class_spread:.1e}, over inputs {parity.input_spread:.1e}): it computes nothing useful")
+        if weights == "random" and model_path is None:
+            raise DegenerateModelError(message)
+        warnings.warn(DegenerateModelWarning(message), stacklevel=2)
     versions = _tool_versions()
     meta = {**source, "weights": weights_record, "feature_layer": head.pooling.name + ".input",
             "dense_layer": head.dense.name, "feature_shape": list(head.feature_shape), "opset": opset,
@@ -118,18 +130,28 @@ def _architecture(arch: str) -> Architecture:
     try:
         return ARCHITECTURES[arch.lower()]
     except KeyError:
-        raise UnknownArchitectureError(arch, sorted(ARCHITECTURES)) from None
+        raise UnknownArchitectureError(arch, SUPPORTED) from None
 
 
 def _build_application(architecture: Architecture, weights: str, input_size: int | None) -> tuple[Any, str]:
     import keras
 
     if weights == "random":
+        from .random_init import calibration_batch, initialise_random_model
+
         keras.utils.set_random_seed(RANDOM_WEIGHTS_SEED)
-        return architecture.build(None, input_size), f"random (seed {RANDOM_WEIGHTS_SEED})"
+        model = architecture.build(None, input_size)
+        height, width = (int(d) for d in model.inputs[0].shape[1:3])
+        batch = np.concatenate([calibration_batch(architecture.preprocess, height, width, RANDOM_WEIGHTS_SEED),
+                                parity_inputs(architecture.preprocess, height, width)])
+        initialise_random_model(keras, model, find_cam_head(model), batch, RANDOM_WEIGHTS_SEED)
+        return model, (f"random (seed {RANDOM_WEIGHTS_SEED}; BatchNormalization statistics calibrated on the "
+                       "bundled example photos, classifier redrawn)")
     if weights == "imagenet":
         try:
-            return architecture.build("imagenet", input_size), "imagenet"
+            # Keras prints "Downloading data from https://…" on stdout; stdout belongs to the command's result.
+            with contextlib.redirect_stdout(sys.stderr):
+                return architecture.build("imagenet", input_size), "imagenet"
         except (OSError, ConnectionError, TimeoutError) as exc:
             raise WeightsUnavailableError(architecture.name, _short(exc)) from None
         except Exception as exc:  # keras wraps urllib errors in a plain Exception ("URL fetch failure ...")
@@ -182,10 +204,36 @@ def _two_output_model(keras: Any, model: Any, head: CamHead) -> Any:
     return keras.Model(model.inputs, [head.probabilities, head.features], name=f"{model.name}_cam")
 
 
+def _freeze_normalization(keras: Any, model: Any) -> int:
+    """Turn each adapted Normalization layer's mean/variance into NumPy constants; returns how many were frozen.
+
+    Keras computes them once as eager tensors from the layer's variables (``finalize_state``); a tf.function
+    captures eager tensors as extra graph inputs, which tf2onnx leaves as inputs the ONNX graph then requires
+    (EfficientNet, EfficientNetV2). NumPy arrays are embedded as constants instead.
+    """
+    frozen = 0
+    for layer in _all_layers(model):
+        if isinstance(layer, keras.layers.Normalization) and getattr(layer, "input_mean", None) is None \
+                and getattr(layer, "mean", None) is not None:
+            layer.mean = keras.ops.convert_to_numpy(layer.mean)
+            layer.variance = keras.ops.convert_to_numpy(layer.variance)
+            frozen += 1
+    return frozen
+
+
+def _all_layers(model: Any) -> list[Any]:
+    layers = []
+    for layer in getattr(model, "layers", []):
+        layers.append(layer)
+        layers.extend(_all_layers(layer))
+    return layers
+
+
 def _convert(keras: Any, model: Any, head: CamHead, height: int, width: int, opset: int) -> bytes:
     import tensorflow as tf
     import tf2onnx
 
+    _freeze_normalization(keras, model)
     cam_model = _two_output_model(keras, model, head)
     spec = (tf.TensorSpec((None, height, width, 3), tf.float32, name=INPUT_NAME),)
 
@@ -207,9 +255,7 @@ def _verify(model: Any, head: CamHead, onnx_bytes: bytes, weights: np.ndarray, b
     import keras
     import onnxruntime as ort
 
-    rng = np.random.default_rng(PARITY_SEED)
-    pixels = rng.uniform(0, 255, (PARITY_SAMPLES, height, width, 3)).astype(np.float32)
-    inputs = ((pixels - np.asarray(prep.mean, np.float32)) / np.asarray(prep.std, np.float32)).astype(np.float32)
+    inputs = parity_inputs(prep, height, width)
     probs_k, feats_k = (np.asarray(t) for t in _two_output_model(keras, model, head)([inputs], training=False))
     if head.needs_softmax:
         from .parity import softmax
@@ -218,6 +264,13 @@ def _verify(model: Any, head: CamHead, onnx_bytes: bytes, weights: np.ndarray, b
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     probs_o, feats_o = session.run([PROBABILITIES_NAME, FEATURES_NAME], {INPUT_NAME: inputs})
     return check_parity(probs_k, feats_k, probs_o, feats_o, weights, bias, seed=PARITY_SEED)
+
+
+def parity_inputs(prep: Preprocess, height: int, width: int) -> np.ndarray:
+    """The seeded uniform-noise images (preprocessed) on which Keras and ONNX are compared."""
+    rng = np.random.default_rng(PARITY_SEED)
+    pixels = rng.uniform(0, 255, (PARITY_SAMPLES, height, width, 3)).astype(np.float32)
+    return ((pixels - np.asarray(prep.mean, np.float32)) / np.asarray(prep.std, np.float32)).astype(np.float32)
 
 
 def _tool_versions() -> dict[str, str]:

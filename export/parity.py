@@ -15,6 +15,8 @@ FEATURE_RTOL = 1e-3
 """Max absolute feature difference allowed, relative to the largest absolute Keras feature value."""
 HEAD_ATOL = 1e-4
 """Max absolute difference between softmax(mean_hw(features)·W + b) and the Keras probabilities."""
+CONSTANT_ATOL = 1e-6
+"""Probabilities that vary less than this across classes, or across the parity inputs, count as constant."""
 
 
 @dataclass(frozen=True)
@@ -28,10 +30,17 @@ class ParityReport:
     features_max_rel: float
     head_reconstruction_max_abs: float
     tolerances: dict[str, float]
+    class_spread: float = float("nan")
+    input_spread: float = float("nan")
+
+    @property
+    def constant_outputs(self) -> bool:
+        """Whether the probabilities ignore the class or the input (a model that computes nothing)."""
+        return bool(self.class_spread < CONSTANT_ATOL or self.input_spread < CONSTANT_ATOL)
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready fields."""
-        return asdict(self)
+        return {**asdict(self), "constant_outputs": self.constant_outputs}
 
 
 def softmax(logits: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
@@ -52,10 +61,15 @@ def check_parity(keras_probs: npt.NDArray[np.float32], keras_features: npt.NDArr
     pooled = keras_features.astype(np.float64).mean(axis=(1, 2))
     reconstructed = softmax(pooled @ weights.astype(np.float64) + bias)
     head_err = float(np.abs(reconstructed - keras_probs).max())
+    probs = keras_probs.astype(np.float64)
+    # Largest spread over classes of any one input; largest change of any class's probability between inputs.
+    class_spread = float((probs.max(axis=1) - probs.min(axis=1)).max())
+    input_spread = float((probs.max(axis=0) - probs.min(axis=0)).max())
     report = ParityReport(samples=int(keras_probs.shape[0]), seed=seed, probabilities_max_abs=prob_err,
                           features_max_abs=feat_abs, features_max_rel=feat_rel, head_reconstruction_max_abs=head_err,
                           tolerances={"probabilities_atol": PROBABILITY_ATOL, "features_rtol": FEATURE_RTOL,
-                                      "head_atol": HEAD_ATOL})
+                                      "head_atol": HEAD_ATOL, "constant_atol": CONSTANT_ATOL},
+                          class_spread=class_spread, input_spread=input_spread)
     if not prob_err <= PROBABILITY_ATOL:
         raise ParityError("ONNX and Keras probabilities", prob_err, PROBABILITY_ATOL)
     if not feat_rel <= FEATURE_RTOL:

@@ -313,3 +313,20 @@ def test_local_weights_file(tmp_path: Path) -> None:
                                   find_cam_head(source).dense.kernel.numpy())
     with pytest.raises(WeightsFileError):
         export_model(tmp_path / "bad", arch="mobilenetv2", weights=str(tmp_path / "missing.h5"), input_size=96)
+
+
+def test_keras_download_message_stays_off_stdout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from keras.src.utils import file_utils, io_utils
+
+    def offline_get_file(fname: str | None = None, origin: str | None = None, **_: object) -> str:
+        io_utils.print_msg(f"Downloading data from {origin}")  # what Keras does before fetching
+        raise Exception(f"URL fetch failure on {origin}: None -- [Errno 101] Network is unreachable")
+
+    monkeypatch.setattr(file_utils, "get_file", offline_get_file)
+    monkeypatch.setattr(io_utils, "is_interactive_logging_enabled", lambda: True)
+    with pytest.raises(WeightsUnavailableError):
+        export_model(tmp_path / "out", arch="resnet50", weights="imagenet")
+    captured = capsys.readouterr()
+    assert "Downloading data from" not in captured.out
+    assert "Downloading data from" in captured.err

@@ -50,4 +50,22 @@ app.command("evaluate")(evaluate_cmd.evaluate)
 
 def main() -> None:
     """Entry point of the ``camr`` console script and ``python -m cam_runtime``."""
-    app(prog_name="camr")
+    import sys
+
+    try:
+        code = app(prog_name="camr", standalone_mode=False)
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:
+        # typer vendors click (typer._click): recognise its usage errors by shape instead of a private import.
+        if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()  # type: ignore[attr-defined]
+        else:  # one line, as the README promises, instead of typer's multi-line box
+            ctx = getattr(exc, "ctx", None)
+            where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            print(f"error: {' '.join(exc.format_message().split())}{where}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -94,7 +94,7 @@ def run_bench(engine: Any, images: list[Path], *, runs: int, batch_size: int, th
 
 @handle_errors
 def bench(
-    images: Annotated[list[Path] | None, typer.Argument(help="Images to use [default: the bundled examples].",
+    images: Annotated[list[Path] | None, typer.Argument(help="Images to use (default: the bundled examples).",
                                                         show_default=False)] = None,
     model: ModelOpt = DEFAULT_MODEL,
     device: DeviceOpt = Device.auto,

@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from .common import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, Device, DeviceOpt, ThreadsOpt, error_line, handle_errors
+from .common import (
+    DEFAULT_MODEL,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    EXIT_USAGE,
+    Device,
+    DeviceOpt,
+    ThreadsOpt,
+    error_line,
+    handle_errors,
+)
 
 MODELS = Path("models")
 
@@ -79,4 +89,6 @@ def demo(
     typer.echo(f"overlays: {len(overlays)} in {output}/ (e.g. {output / overlays[0]})" if overlays
                else f"overlays: none in {output}/")
     typer.echo(f"report:   {output / 'report.html'}  (also report.json, report.csv)")
+    model_option = "" if folder == DEFAULT_MODEL else f" -m {folder}"
+    typer.echo(f"next:     camr explain YOUR_IMAGE.jpg{model_option}")
     raise typer.Exit(EXIT_SOME_FAILED if report.summary()["failed"] else EXIT_OK)

@@ -20,9 +20,12 @@ from .common import (
     ThreadsOpt,
     handle_errors,
     load_engine,
+    warn_line,
 )
 
 DEFAULT_OUTPUT = Path("outputs")
+SCORECAM_SLOW = ("scorecam runs 128 masked forward passes per image: expect it to take 10-20x longer than the "
+                 "other methods (see docs/cli.md)")
 
 
 @handle_errors
@@ -33,7 +36,8 @@ def explain(
     device: DeviceOpt = Device.auto,
     method: Annotated[str, typer.Option("--method", help="cam, gradcam, gradcam++, hirescam, xgradcam, layercam, "
                                                          "eigencam or scorecam.")] = "cam",
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Explain the k most probable classes.")] = 1,
+    top_k: Annotated[int | None, typer.Option("--top-k", "-k", min=1, show_default=False,
+                                              help="Explain the k most probable classes (default: 1).")] = None,
     classes: Annotated[list[str] | None, typer.Option("--class", "-c", help="Explain this class (id or label) "
                                                       "instead of the top-k; repeatable.", show_default=False)] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = DEFAULT_OUTPUT,
@@ -72,7 +76,10 @@ def explain(
 
     if force and skip_existing:
         raise InvalidArgumentError("--force and --skip-existing exclude each other")
-    options = ExplainOptions(method=method, top_k=top_k, classes=list(classes) if classes else None,
+    if classes and top_k is not None:
+        raise InvalidArgumentError("--top-k and --class exclude each other (--class explains exactly the classes "
+                                   "named)")
+    options = ExplainOptions(method=method, top_k=top_k or 1, classes=list(classes) if classes else None,
                              image_format=image_format, alpha=alpha, colormap=colormap, boxes=boxes,
                              all_boxes=all_boxes, box_threshold=box_threshold, save_heatmaps=save_heatmaps,
                              batch_size=batch_size, json_lines=json_lines, force=force,
@@ -80,5 +87,7 @@ def explain(
     options.validate()
     items = collect_inputs(inputs, recursive=recursive)
     engine = load_engine(model, device, threads, max_pixels=max_pixels, resize=resize)
+    if options.method == "scorecam" and not json_lines:
+        warn_line(SCORECAM_SLOW)
     report = run_explain(engine, items, output, options, model_path=model)
     raise typer.Exit(EXIT_SOME_FAILED if report.summary()["failed"] else EXIT_OK)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from .common import EXIT_USAGE, error_line, handle_errors
+from .common import EXIT_USAGE, error_line, handle_errors, warn_line
 
 INSTALL_HINT = "install with `pip install 'cam-runtime[export]'`"
 _EXPORT_MODULES = ("tensorflow", "keras", "tf2onnx", "onnx", "h5py", "export")
@@ -18,13 +19,19 @@ def export_with_hint(output: Path, **kwargs: Any) -> Any:
     try:
         from export.exporter import export_model
 
-        return export_model(output, **kwargs)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            manifest = export_model(output, **kwargs)
     except ModuleNotFoundError as exc:
         root = (exc.name or "").split(".")[0]
         if root not in _EXPORT_MODULES:
             raise
         error_line(f"exporting needs TensorFlow, tf2onnx and onnx ({root} is missing); {INSTALL_HINT}")
         raise typer.Exit(EXIT_USAGE) from None
+    for item in caught:
+        if type(item.message).__name__ == "DegenerateModelWarning":
+            warn_line(str(item.message))
+    return manifest
 
 
 @handle_errors

@@ -63,7 +63,8 @@ def model_info(model: Path) -> dict[str, Any]:
         "outputs": {"probabilities": manifest.outputs.probabilities, "features": manifest.outputs.features,
                     "features_layout": manifest.outputs.features_layout},
         "provenance": {k: prov[k] for k in ("source", "arch", "weights", "created", "feature_shape", "parity",
-                                            "opset") if k in prov},
+                                            "opset", "variant", "derived_from", "quantization", "conversion",
+                                            "fidelity") if k in prov},
         "files": files,
         "checksums_ok": all(f["status"] == "ok" for f in files.values()),
         "providers": providers,
@@ -104,7 +105,9 @@ def _print(data: dict[str, Any]) -> None:
     summary.add_row("outputs", f"{data['outputs']['probabilities']}, {data['outputs']['features']} "
                                f"({data['outputs']['features_layout']})")
     for key, value in data["provenance"].items():
-        summary.add_row(key, escape(json.dumps(value) if isinstance(value, dict | list) else str(value)))
+        text = _fidelity_text(value) if key == "fidelity" else (
+            json.dumps(value) if isinstance(value, dict | list) else str(value))
+        summary.add_row(key, escape(text))
     providers = data["providers"]
     summary.add_row("providers", ", ".join(providers) if providers is not None
                     else "onnxruntime not installed (pip install 'cam-runtime[cpu]')")
@@ -118,3 +121,18 @@ def _print(data: dict[str, Any]) -> None:
         table.add_row(role, escape(entry["file"]), "" if entry["bytes"] is None else f"{entry['bytes']:,}",
                       f"[{style}]{status}[/{style}]")
     console.print(table)
+
+
+def _fidelity_text(fidelity: Any) -> str:
+    """A derived folder's fidelity in one line per image set: top-1 agreement and map correlation."""
+    try:
+        parts = [f"{name} ({r['images']} images): top-1 agreement {r['top1_agreement']:.1%}, map correlation "
+                 f"mean {r['map_correlation_mean']:.3f} / min {r['map_correlation_min']:.3f}"
+                 for name, r in fidelity["sets"].items()]
+    except (KeyError, TypeError, ValueError):
+        return json.dumps(fidelity)
+    if "held-out" not in fidelity["sets"]:
+        parts.append("no held-out set (measured on the calibration images only)")
+    if fidelity.get("accepted_below_thresholds"):
+        parts.append("ACCEPTED BELOW THRESHOLDS")
+    return "; ".join(parts)

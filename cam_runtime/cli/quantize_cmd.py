@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import DEFAULT_MODEL, ModelOpt, ThreadsOpt, err_console, handle_errors, out_console
+from .common import DEFAULT_MODEL, ModelOpt, ThreadsOpt, err_console, handle_errors, out_console, warn_line
 
 
 class Precision(str, Enum):
@@ -72,6 +72,7 @@ def quantize(
             return
         out_console().print(fidelity_table(report, f"{precision.value.upper()} vs float32 ({model})"))
 
+    _warn_about_sets(calibration, held_out, max_images, precision)
     common: dict[str, Any] = dict(calibration=calibration, held_out=held_out, max_images=max_images,
                                   threads=threads, force=force, accept_low_fidelity=accept_low_fidelity,
                                   min_top1=min_top1, min_correlation=min_correlation, on_report=show,
@@ -93,3 +94,19 @@ def quantize(
     timing = ", ".join(f"{k} {v:.1f} ms" for k, v in latency.items())
     chosen = f" ({result.details['chosen']})" if "chosen" in result.details else ""
     log.print(f"wrote {output}{chosen}; batch-1 latency: {timing}")
+
+
+FEW_CALIBRATION_IMAGES = 16
+"""Below this many calibration images quantize warns: INT8 ranges from a handful of images rarely generalise."""
+
+
+def _warn_about_sets(calibration: Path, held_out: Path | None, max_images: int, precision: Precision) -> None:
+    from cam_runtime.fidelity import image_files
+
+    count = len(image_files(calibration, max_images, "--calibration"))
+    if precision is Precision.int8 and count < FEW_CALIBRATION_IMAGES:
+        warn_line(f"only {count} calibration image(s); INT8 activation ranges from so few rarely represent other "
+                  f"inputs (32-128 representative images are typical)")
+    if held_out is None:
+        warn_line("no --held-out folder: fidelity is measured on the calibration images only, which flatters "
+                  "the quantized model; pass --held-out OTHER_IMAGES for an unbiased check")

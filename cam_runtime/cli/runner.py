@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,7 +59,7 @@ class ExplainOptions:
         from cam_runtime.methods import get_method
         from cam_runtime.render import colormap_id
 
-        get_method(self.method)
+        self.method = get_method(self.method).name  # the canonical name everywhere (report.json, records)
         colormap_id(self.colormap)
         self.image_format = self.image_format.lower().lstrip(".")
         if self.image_format == "jpeg":
@@ -102,6 +103,23 @@ def _nonempty_file(path: Path) -> bool:
     return stat.S_ISREG(info.st_mode) and info.st_size > 0
 
 
+def _remove_stale_targets(layout: OutputLayout, key: str, planned: list[str]) -> None:
+    """--force: delete an earlier run's overlays/heatmaps of ``key`` this run will not rewrite (e.g. -k 2 then -k 1)."""
+    record = layout.path(layout.record_name(key))
+    keep = {layout.path(name).name for name in planned}
+    stem = record.name[: -len(".json")]
+    try:
+        candidates = list(record.parent.glob(f"{glob_escape(stem)}.overlay-*")) + \
+            list(record.parent.glob(f"{glob_escape(stem)}.heatmap-*.npy"))
+    except OSError:
+        return
+    for path in candidates:
+        suffix = path.name[len(stem) + 1:]
+        index = suffix.split("-", 1)[1].split(".", 1)[0]
+        if path.name not in keep and index.isdigit() and path.is_file():
+            path.unlink(missing_ok=True)
+
+
 def _load_done(layout: OutputLayout, key: str, expected: list[str]) -> dict[str, Any] | None:
     """A previous run's record for ``key`` if it and every file it names are complete."""
     record_path = layout.path(layout.record_name(key))
@@ -142,7 +160,10 @@ def run_explain(engine: CamEngine, items: list[InputItem], output: Path, options
     elif not options.force:
         for name in [*layout.REPORT_FILES, *(n for key in keys for n in planned[key])]:
             if layout.path(name).exists():
-                raise OutputExistsError(layout.path(name))
+                raise OutputExistsError(layout.path(name), resumable=True)
+    else:
+        for key in keys:
+            _remove_stale_targets(layout, key, planned[key])
 
     meta = {"tool": "cam-runtime", "version": _version(), "created": now_iso(),
             "model": engine.manifest.name, "model_path": str(model_path) if model_path else None,
@@ -184,6 +205,12 @@ def run_explain(engine: CamEngine, items: list[InputItem], output: Path, options
                 report.write(layout)
     if not options.quiet:
         _summary(report, layout, time.perf_counter() - start)
+    else:
+        # Quiet drops the table and the progress bar, never the failures: one plain line each on stderr.
+        for record in report.records:
+            if record["status"] != "ok":
+                print(f"failed: {record['source']}: {' '.join(str(record['error'] or '').split())}",
+                      file=sys.stderr, flush=True)
     return report
 
 
