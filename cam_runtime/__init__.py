@@ -1,22 +1,64 @@
-"""cam-runtime: class activation maps for Keras CNNs exported to ONNX, without TensorFlow."""
+"""cam-runtime: class activation maps for CNN classifiers in ONNX, without TensorFlow or autograd at run time.
+
+The public names below are imported on first use (PEP 562), so ``import cam_runtime`` and ``camr --help`` stay
+light: NumPy, OpenCV and onnxruntime load only when something that needs them is touched.
+"""
 
 from __future__ import annotations
 
-from .annotations import read_boxes
-from .boxes import Box, boxes_from_map
-from .engine import CamEngine
-from .errors import CamError, ImageError, ModelLoadingError
-from .evaluation import EvaluationReport, MethodReport, evaluate, evaluate_method, load_samples
-from .folders import iter_image_files
-from .imaging import load_image
-from .manifest import Manifest, read_manifest
-from .methods import METHODS, get_method
-from .model_folder import ModelFolder, imagenet_labels
-from .render import overlay
-from .results import ExplainResult, ImageFailure, Prediction, TargetMap
-from .targets import ClassTarget, DifferenceTarget, RankTarget, ScoreTarget, Target
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .annotations import read_boxes
+    from .boxes import Box, boxes_from_map
+    from .engine import CamEngine
+    from .errors import CamError, ImageError, ModelLoadingError
+    from .evaluation import EvaluationReport, MethodReport, evaluate, evaluate_method, load_samples
+    from .folders import iter_image_files
+    from .imaging import load_image
+    from .manifest import Manifest, read_manifest
+    from .methods import METHODS, get_method
+    from .model_folder import ModelFolder, imagenet_labels
+    from .render import overlay
+    from .results import ExplainResult, ImageFailure, Prediction, TargetMap
+    from .targets import ClassTarget, DifferenceTarget, RankTarget, ScoreTarget, Target
 
 __version__ = "0.1.0"
+
+_LAZY: dict[str, str] = {
+    "Box": ".boxes",
+    "CamEngine": ".engine",
+    "CamError": ".errors",
+    "ClassTarget": ".targets",
+    "DifferenceTarget": ".targets",
+    "EvaluationReport": ".evaluation",
+    "ExplainResult": ".results",
+    "ImageError": ".errors",
+    "ImageFailure": ".results",
+    "METHODS": ".methods",
+    "Manifest": ".manifest",
+    "MethodReport": ".evaluation",
+    "ModelFolder": ".model_folder",
+    "ModelLoadingError": ".errors",
+    "Prediction": ".results",
+    "RankTarget": ".targets",
+    "ScoreTarget": ".targets",
+    "Target": ".targets",
+    "TargetMap": ".results",
+    "boxes_from_map": ".boxes",
+    "evaluate": ".evaluation",
+    "evaluate_method": ".evaluation",
+    "get_method": ".methods",
+    "imagenet_labels": ".model_folder",
+    "iter_image_files": ".folders",
+    "load_image": ".imaging",
+    "load_samples": ".evaluation",
+    "overlay": ".render",
+    "read_boxes": ".annotations",
+    "read_manifest": ".manifest",
+}
+"""Public name → the submodule that defines it."""
 
 __all__ = [
     "METHODS",
@@ -51,3 +93,16 @@ __all__ = [
     "read_boxes",
     "read_manifest",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

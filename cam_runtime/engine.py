@@ -31,9 +31,11 @@ from .model_folder import ModelFolder
 from .preprocess import Preprocessor
 from .providers import (
     CUDA,
+    ProviderSpec,
     cuda_provider_options,
     import_onnxruntime,
     preload_cuda_libraries,
+    provider_name,
     resolve_providers,
     warn_on_fallback,
 )
@@ -92,8 +94,12 @@ class CamEngine:
              verify_checksums: bool = True, warmup: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS,
              resize: str | None = None, cuda_options: dict[str, Any] | None = None,
              library_threads: int | None = 1, spinning: bool = False, device_maps: OnOff = False,
-             io_binding: OnOff = False) -> CamEngine:
-        """Verify a model folder and create its session on ``device`` ("auto", "cpu" or "cuda").
+             io_binding: OnOff = False, providers: Sequence[ProviderSpec] | None = None) -> CamEngine:
+        """Verify a model folder and create its session on ``device`` ("auto", "cpu", "cuda", "openvino"…).
+
+        ``providers`` passes an onnxruntime provider list through instead (names or ``(name, options)``
+        pairs, e.g. ``["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]``);
+        every provider named must be available (see :mod:`cam_runtime.providers`).
 
         ``threads`` bounds onnxruntime's intra-op threads (default: the cores this process may use).
         ``library_threads`` sets OpenCV's and OpenBLAS's pools process-wide (default 1: the engine's image
@@ -113,8 +119,8 @@ class CamEngine:
                 raise InvalidArgumentError(f"{name} must be True, False or 'auto', got {value!r}")
         folder = ModelFolder.load(path, verify_checksums=verify_checksums)
         ort = import_onnxruntime()
-        providers = resolve_providers(device, cuda_provider_options(cuda_options))
-        on_cuda = isinstance(providers[0], tuple) and providers[0][0] == CUDA
+        session_providers = resolve_providers(device, cuda_provider_options(cuda_options), providers)
+        on_cuda = provider_name(session_providers[0]) == CUDA
         if on_cuda:
             preload_cuda_libraries(ort)
         use_maps = device_maps is True or (device_maps == "auto" and on_cuda)
@@ -131,11 +137,11 @@ class CamEngine:
         if library_threads is not None:
             limit_library_threads(library_threads)
         try:
-            session = ort.InferenceSession(model, sess_options=options, providers=providers)
+            session = ort.InferenceSession(model, sess_options=options, providers=session_providers)
         except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
             raise GraphMismatchError(f"onnxruntime cannot load {folder.model_path.name}: "
                                      f"{str(exc).strip().splitlines()[0][:300]}") from None
-        warn_on_fallback(providers, session.get_providers())
+        warn_on_fallback(session_providers, session.get_providers())
         engine = cls(folder, session, max_pixels=max_pixels, resize=resize, device_maps=use_maps,
                      io_binding=io_binding is True or (io_binding == "auto" and session.get_providers()[0] == CUDA))
         if warmup:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import ClassVar
 
 
 class CamError(Exception):
@@ -125,12 +126,17 @@ class ProviderError(CamError, RuntimeError):
 class ProviderNotAvailableError(ProviderError):
     """An explicitly requested execution provider is not available."""
 
+    HINTS: ClassVar[dict[str, str]] = {
+        "CUDAExecutionProvider": "install cam-runtime[gpu] instead of cam-runtime[cpu]",
+        "TensorrtExecutionProvider": "install cam-runtime[gpu] with TensorRT",
+        "OpenVINOExecutionProvider": "install cam-runtime[openvino] (onnxruntime-openvino) instead of cam-runtime[cpu]",
+    }
+
     def __init__(self, requested: str, available: Iterable[str]) -> None:
         available_text = ", ".join(available) or "none"
-        super().__init__(
-            f"execution provider for device {requested!r} is not available; available providers: "
-            f"{available_text} (for CUDA install cam-runtime[gpu] instead of cam-runtime[cpu])"
-        )
+        hint = self.HINTS.get(requested, "it needs an onnxruntime build that includes it")
+        super().__init__(f"execution provider {requested} is not available; available providers: {available_text} "
+                         f"({hint})")
 
 
 class OnnxRuntimeMissingError(ProviderError, ImportError):

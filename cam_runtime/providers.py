@@ -1,16 +1,31 @@
-"""Execution provider selection, in one place: explicit requests are honoured or refused, fallbacks warned."""
+"""Execution provider selection, in one place: explicit requests are honoured or refused, fallbacks warned.
+
+Two ways to choose: a ``device`` shortcut (``auto``, ``cpu``, ``cuda``, ``openvino``, ``tensorrt``, ``coreml``,
+``directml``, ``rocm``), which runs on that provider with the CPU provider behind it, or an onnxruntime provider
+list passed through as onnxruntime takes it (names or ``(name, options)`` pairs, shortcuts allowed), for any
+provider an onnxruntime build offers. A provider that was asked for and is missing is an error that lists the
+available ones; a session that came up on another provider gets a :class:`ProviderFallbackWarning`.
+"""
 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any, Literal, Union
 
 from .errors import InvalidArgumentError, OnnxRuntimeMissingError, ProviderNotAvailableError
 
-Device = Literal["auto", "cpu", "cuda"]
-DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+Device = Literal["auto", "cpu", "cuda", "openvino", "tensorrt", "coreml", "directml", "rocm"]
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+SHORTCUTS: dict[str, str] = {
+    "cpu": CPU, "cuda": CUDA, "openvino": "OpenVINOExecutionProvider", "tensorrt": "TensorrtExecutionProvider",
+    "coreml": "CoreMLExecutionProvider", "directml": "DmlExecutionProvider", "rocm": "ROCMExecutionProvider",
+}
+"""Device shortcut → onnxruntime provider name."""
+DEVICES: tuple[str, ...] = ("auto", *SHORTCUTS)
+ProviderSpec = Union[str, tuple[str, dict[str, Any]]]
+"""A provider as onnxruntime takes it: a name, or (name, options)."""
 
 
 DEFAULT_CUDA_OPTIONS: dict[str, str] = {
@@ -60,20 +75,53 @@ def available_providers() -> list[str]:
     return list(import_onnxruntime().get_available_providers())
 
 
-def resolve_providers(device: str, cuda_options: dict[str, Any] | None = None) -> list[Any]:
-    """Provider list for a device; ``auto`` prefers CUDA; a requested provider that is missing is an error."""
-    if device not in DEVICES:
-        raise InvalidArgumentError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+def provider_name(spec: ProviderSpec) -> str:
+    """The full onnxruntime name of a provider spec (shortcuts expanded)."""
+    if isinstance(spec, tuple) and len(spec) != 2:
+        raise InvalidArgumentError(f"a provider with options is a (name, dict) pair, got {spec!r}")
+    name = spec[0] if isinstance(spec, tuple) else spec
+    if not isinstance(name, str):
+        raise InvalidArgumentError(f"a provider is a name or a (name, options) pair, got {spec!r}")
+    return SHORTCUTS.get(name.lower(), name)
+
+
+def _normalised(spec: ProviderSpec, cuda_options: dict[str, Any] | None) -> ProviderSpec:
+    name = provider_name(spec)
+    options = spec[1] if isinstance(spec, tuple) else {}
+    if isinstance(spec, tuple) and (len(spec) != 2 or not isinstance(options, dict)):
+        raise InvalidArgumentError(f"a provider with options is a (name, dict) pair, got {spec!r}")
+    if name == CUDA:  # the tuned defaults, then the caller's options key by key
+        return (CUDA, {**dict(cuda_options or {}), **options})
+    return (name, dict(options)) if options else name
+
+
+def resolve_providers(device: str = "auto", cuda_options: dict[str, Any] | None = None,
+                      providers: Sequence[ProviderSpec] | None = None) -> list[Any]:
+    """The provider list for a session: ``providers`` passed through when given, else the ``device`` shortcut.
+
+    ``auto`` prefers CUDA when the build has it; any explicitly named provider that this onnxruntime build lacks
+    is an error listing the available ones.
+    """
     available = available_providers()
+    if providers is not None:
+        if isinstance(providers, str | tuple) or not providers:
+            raise InvalidArgumentError("providers must be a non-empty list of names or (name, options) pairs")
+        resolved = [_normalised(p, cuda_options) for p in providers]
+        for spec in resolved:
+            if provider_name(spec) not in available:
+                raise ProviderNotAvailableError(provider_name(spec), available)
+        return resolved
+    if not isinstance(device, str) or device.lower() not in DEVICES:
+        raise InvalidArgumentError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    device = device.lower()
     if device == "auto":
         device = "cuda" if CUDA in available else "cpu"
-    if device == "cuda":
-        if CUDA not in available:
-            raise ProviderNotAvailableError("cuda", available)
-        return [(CUDA, dict(cuda_options or {})), CPU]
-    if CPU not in available:
-        raise ProviderNotAvailableError("cpu", available)
-    return [CPU]
+    wanted = SHORTCUTS[device]
+    if wanted not in available:
+        raise ProviderNotAvailableError(wanted, available)
+    if wanted == CPU:
+        return [CPU]
+    return [_normalised(wanted, cuda_options), CPU] if CPU in available else [_normalised(wanted, cuda_options)]
 
 
 def warn_on_fallback(requested: list[Any], active: list[str]) -> None:
@@ -81,7 +129,8 @@ def warn_on_fallback(requested: list[Any], active: list[str]) -> None:
     wanted = requested[0][0] if isinstance(requested[0], tuple) else requested[0]
     if active and active[0] != wanted:
         warnings.warn(
-            f"onnxruntime fell back from {wanted} to {active[0]}; check the CUDA/cuDNN installation",
+            f"onnxruntime fell back from {wanted} to {active[0]}; check that provider's libraries "
+            "(CUDA/cuDNN, TensorRT, OpenVINO…) are installed",
             ProviderFallbackWarning,
             stacklevel=3,
         )

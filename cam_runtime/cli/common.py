@@ -50,11 +50,16 @@ class State:
 
 
 class Device(str, Enum):
-    """Where onnxruntime runs."""
+    """Where onnxruntime runs: a provider shortcut (see cam_runtime.providers.SHORTCUTS)."""
 
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
+    openvino = "openvino"
+    tensorrt = "tensorrt"
+    coreml = "coreml"
+    directml = "directml"
+    rocm = "rocm"
 
 
 # --- option types shared by the runtime commands ------------------------------------------------------------
@@ -62,7 +67,8 @@ class Device(str, Enum):
 ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="Model folder (manifest.json, model.onnx, weights).",
                                         show_default=True)]
 DeviceOpt = Annotated[Device, typer.Option("--device", "-d", case_sensitive=False,
-                                           help="Execution device; auto prefers CUDA when available.")]
+                                           help="Execution provider; auto prefers CUDA when available. "
+                                                "The others need an onnxruntime build that has them.")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", "-t", min=1,
                                                 help="onnxruntime intra-op threads (default: the usable cores).")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per inference batch.")]
