@@ -55,7 +55,7 @@ def test_existing_output_hints_skip_existing_only_for_explain(model: Path, photo
     assert again.exit_code == 2 and "--skip-existing" in error_line(again)
 
     (tmp_path / "q").mkdir()
-    quantized = invoke("quantize", tmp_path / "q", "-m", model, "-c", photo.parent)
+    quantized = invoke("quantize", tmp_path / "q", "-m", model, "--calibration", photo.parent)
     assert quantized.exit_code == 2
     line = error_line(quantized)
     assert "already exists" in line and "--force" in line and "--skip-existing" not in line
@@ -75,7 +75,7 @@ def test_existing_output_hints_skip_existing_only_for_explain(model: Path, photo
 
 
 def test_quantize_calibration_file_is_not_a_folder(model: Path, photo: Path, tmp_path: Path) -> None:
-    result = invoke("quantize", tmp_path / "int8", "-m", model, "-c", photo)
+    result = invoke("quantize", tmp_path / "int8", "-m", model, "--calibration", photo)
     assert result.exit_code == 2
     line = error_line(result)
     assert "not a folder" in line and "not found" not in line
@@ -83,7 +83,7 @@ def test_quantize_calibration_file_is_not_a_folder(model: Path, photo: Path, tmp
 
 
 def test_quantize_warns_on_few_calibration_images_and_no_held_out(model: Path, photo: Path, tmp_path: Path) -> None:
-    result = invoke("quantize", tmp_path / "int8", "-m", model, "-c", photo.parent, "--accept-low-fidelity")
+    result = invoke("quantize", tmp_path / "int8", "-m", model, "--calibration", photo.parent, "--accept-low-fidelity")
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
     assert any("only 1 calibration image" in w for w in warnings), result.stderr
@@ -255,7 +255,7 @@ def test_usage_errors_are_one_line(args: list[str]) -> None:
 def test_info_on_a_derived_folder_shows_variant_source_settings_and_fidelity(model: Path, photo: Path,
                                                                              tmp_path: Path) -> None:
     out = tmp_path / "int8"
-    assert invoke("quantize", out, "-m", model, "-c", photo.parent, "--accept-low-fidelity").exit_code == 0
+    assert invoke("quantize", out, "-m", model, "--calibration", photo.parent, "--accept-low-fidelity").exit_code == 0
     data = json.loads(invoke("info", out, "--json").stdout)
     prov = data["provenance"]
     assert prov["variant"] == "int8" and prov["derived_from"]["path"] == str(model)

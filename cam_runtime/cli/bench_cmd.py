@@ -16,7 +16,9 @@ from .common import (
     BatchSizeOpt,
     Device,
     DeviceOpt,
+    JsonOpt,
     ModelOpt,
+    QuietOpt,
     ThreadsOpt,
     handle_errors,
     load_engine,
@@ -108,6 +110,8 @@ def bench(
     = "jpg",
     json_out: Annotated[Path | None, typer.Option("--json-out", help="Also write the numbers to this JSON file.")]
     = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Benchmark latency p50/p95 at batch 1 and throughput at --batch-size: decode/preprocess/inference/maps/write."""
     from cam_runtime.methods import get_method
@@ -125,10 +129,14 @@ def bench(
     data = run_bench(engine, paths, runs=runs, batch_size=batch_size, throughput_images=throughput_images,
                      method=method, image_format=image_format)
     data["threads"] = threads
-    _print(data)
+    if as_json:
+        typer.echo(json.dumps(data))
+    elif not quiet:
+        _print(data)
     if json_out is not None:
         write_text_atomic(json_out, json.dumps(data, indent=2) + "\n")
-        typer.echo(f"wrote {json_out}", err=True)
+        if not quiet:
+            typer.echo(f"wrote {json_out}", err=True)
 
 
 def _print(data: dict[str, Any]) -> None:

@@ -75,6 +75,9 @@ BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Im
 MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", min=1,
                                            help="Refuse images whose header declares more pixels "
                                                 "(decompression-bomb guard).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors and warnings (one line "
+                                                          "each on stderr).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (nothing else there).")]
 ResizeOpt = Annotated[str | None, typer.Option("--resize", help="Override the manifest's resize mode: nearest, "
                                                                 "bilinear, area or bicubic.")]
 

@@ -14,6 +14,7 @@ from .common import (
     EXIT_USAGE,
     Device,
     DeviceOpt,
+    QuietOpt,
     ThreadsOpt,
     error_line,
     handle_errors,
@@ -67,6 +68,7 @@ def demo(
     threads: ThreadsOpt = None,
     method: Annotated[str, typer.Option("--method", help="CAM method.")] = "cam",
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes explained per photo.")] = 1,
+    quiet: QuietOpt = False,
 ) -> None:
     """The main job in one command: export ResNet50 if missing, explain the example photos, print where to look.
 
@@ -79,12 +81,14 @@ def demo(
 
     folder = demo_model_folder(weights)
     _ensure_model(folder, weights)
-    options = ExplainOptions(method=method, top_k=top_k, force=True)
+    options = ExplainOptions(method=method, top_k=top_k, force=True, quiet=quiet)
     options.validate()
     items = collect_inputs([str(p) for p in example_images()])
     engine = load_engine(folder, device, threads)
     report = run_explain(engine, items, output, options, model_path=folder)
     overlays = [t["overlay"] for r in report.records for t in r["targets"]]
+    if quiet:
+        raise typer.Exit(EXIT_SOME_FAILED if report.summary()["failed"] else EXIT_OK)
     typer.echo(f"model:    {folder}{'  (random weights: maps are meaningless)' if weights == 'random' else ''}")
     typer.echo(f"overlays: {len(overlays)} in {output}/ (e.g. {output / overlays[0]})" if overlays
                else f"overlays: none in {output}/")

@@ -15,7 +15,9 @@ from .common import (
     BatchSizeOpt,
     Device,
     DeviceOpt,
+    JsonOpt,
     ModelOpt,
+    QuietOpt,
     ThreadsOpt,
     handle_errors,
     load_engine,
@@ -106,6 +108,8 @@ def evaluate(
                                                       "18 passes per image; needs SciPy).")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of ROAD's imputation noise.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing evaluation.json.")] = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Score CAM methods against ground-truth boxes: pointing game, box IoU / CorLoc, deletion and insertion
     AUC, average drop and increase in confidence, ADCC and (with --road) ROAD. Writes evaluation.json and
@@ -121,8 +125,13 @@ def evaluate(
                             batch_size=batch_size, steps=steps, baseline=baseline, box_threshold=box_threshold,
                             faithfulness=not no_faithfulness, adcc=not no_adcc, road=road, seed=seed)
     json_path, plot_path = write_outputs(report, output)
-    out_console().print(_table(report))
+    if as_json:
+        typer.echo(json.dumps({"model": report.model, "settings": report.settings, "failures": report.failures,
+                               "methods": [m.summary() for m in report.methods]}, allow_nan=False))
+    elif not quiet:
+        out_console().print(_table(report))
     for failure in report.failures:
         warn_line(f"skipped {failure['source']}: {failure['error']}")
-    out_console().print(f"wrote {json_path} and {plot_path}")
+    if not quiet and not as_json:
+        out_console().print(f"wrote {json_path} and {plot_path}")
     raise typer.Exit(EXIT_SOME_FAILED if report.failures else EXIT_OK)

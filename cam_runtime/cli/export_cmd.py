@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from .common import EXIT_USAGE, error_line, handle_errors, warn_line
+from .common import EXIT_USAGE, JsonOpt, QuietOpt, error_line, handle_errors, warn_line
 
 INSTALL_HINT = "install with `pip install 'cam-runtime[export]'`"
 _EXPORT_MODULES = ("tensorflow", "keras", "tf2onnx", "onnx", "h5py", "export")
@@ -41,17 +42,27 @@ def export(
                                                      "densenet121, efficientnetb0, ...).")] = "resnet50",
     weights: Annotated[str, typer.Option("--weights", help="'imagenet' (download), 'random' (seeded init, for "
                                                            "tests) or a weights file path.")] = "imagenet",
-    model: Annotated[Path | None, typer.Option("--model", help="Your own .keras/.h5 classifier instead of --arch.")]
+    model: Annotated[Path | None, typer.Option("--model", "-m", help="Your own .keras/.h5 classifier instead of "
+                                                                      "--arch.")]
     = None,
     labels: Annotated[Path | None, typer.Option("--labels", help="labels.txt, one class name per line.")] = None,
     input_size: Annotated[int | None, typer.Option("--input-size", min=32, help="Square input size (random or "
                                                                                 "file weights only).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing model folder.")] = False,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Export a Keras CNN (GAP → Dense head) to an ONNX model folder and verify parity with Keras."""
     manifest = export_with_hint(output, arch=arch, weights=weights, model_path=model, labels_path=labels,
                                 input_size=input_size, force=force)
     parity = manifest.provenance.get("parity", {})
+    if json_out:
+        typer.echo(json.dumps({"folder": str(output), "name": manifest.name, "num_classes": manifest.num_classes,
+                               "input": {"height": manifest.input.height, "width": manifest.input.width,
+                                         "layout": manifest.input.layout}, "parity": parity}, allow_nan=False))
+        return
+    if quiet:
+        return
     typer.echo(f"exported {manifest.name} to {output} ({manifest.num_classes} classes, input "
                f"{manifest.input.height}x{manifest.input.width}); parity: probabilities max abs "
                f"{parity.get('probabilities_max_abs', float('nan')):.2e}")

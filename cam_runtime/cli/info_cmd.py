@@ -8,7 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import EXIT_OK, EXIT_USAGE, handle_errors, out_console
+from cam_runtime.errors import InvalidArgumentError
+
+from .common import DEFAULT_MODEL, EXIT_OK, EXIT_USAGE, JsonOpt, QuietOpt, handle_errors, out_console
 
 
 def file_status(root: Path, name: str, expected: str) -> dict[str, Any]:
@@ -73,17 +75,25 @@ def model_info(model: Path) -> dict[str, Any]:
 
 @handle_errors
 def info(
-    model: Annotated[Path, typer.Argument(help="Model folder.")],
-    json_out: Annotated[bool, typer.Option("--json", help="Print the information as JSON.")] = False,
+    model_argument: Annotated[Path | None, typer.Argument(metavar="[MODEL]", help="Model folder (or -m).",
+                                                          show_default=False)] = None,
+    model_option: Annotated[Path | None, typer.Option("--model", "-m", help="Model folder (same as the argument; "
+                                                                           "default: models/resnet50).",
+                                                      show_default=False)] = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Show a model folder's manifest, the checksum status of each file and the available providers.
 
     Exit status 2 when a file is missing or its sha256 does not match the manifest.
     """
+    if model_argument is not None and model_option is not None and model_argument != model_option:
+        raise InvalidArgumentError(f"two model folders given ({model_argument} and -m {model_option}); give one")
+    model = model_argument or model_option or DEFAULT_MODEL
     data = model_info(model)
     if json_out:
         typer.echo(json.dumps(data, indent=2))
-    else:
+    elif not quiet:  # -q: the exit status alone says whether every checksum matches
         _print(data)
     raise typer.Exit(EXIT_OK if data["checksums_ok"] else EXIT_USAGE)
 

@@ -9,7 +9,17 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import DEFAULT_MODEL, ModelOpt, ThreadsOpt, err_console, handle_errors, out_console, warn_line
+from .common import (
+    DEFAULT_MODEL,
+    JsonOpt,
+    ModelOpt,
+    QuietOpt,
+    ThreadsOpt,
+    err_console,
+    handle_errors,
+    out_console,
+    warn_line,
+)
 
 
 class Precision(str, Enum):
@@ -37,9 +47,12 @@ class CalibrationMethod(str, Enum):
 
 @handle_errors
 def quantize(
-    output: Annotated[Path, typer.Argument(help="New model folder to write (refused if it exists, unless --force).")],
-    calibration: Annotated[Path, typer.Option("--calibration", "-c", help="Folder of calibration images "
-                                              "(representative inputs; 32-128 is typical).")],
+    output_argument: Annotated[Path | None, typer.Argument(metavar="[OUTPUT]", show_default=False,
+                                                           help="New model folder to write (or -o; refused if it "
+                                                                "exists, unless --force).")] = None,
+    calibration: Annotated[Path | None, typer.Option("--calibration", show_default=False,
+                                                     help="Folder of calibration images "
+                                                          "(representative inputs; 32-128 is typical).")] = None,
     model: ModelOpt = DEFAULT_MODEL,
     precision: Annotated[Precision, typer.Option("--precision", "-p", case_sensitive=False,
                                                  help="int8 (CPU speed) or fp16 (for GPUs).")] = Precision.int8,
@@ -60,15 +73,26 @@ def quantize(
                                                    help="Minimum mean Pearson correlation of the maps.")] = 0.9,
     threads: ThreadsOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the fidelity report and choices as JSON.")] = False,
+    as_json: JsonOpt = False,
+    output_option: Annotated[Path | None, typer.Option("--output", "-o", show_default=False,
+                                                       help="New model folder (same as the argument).")] = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Write an INT8 or FP16 copy of a model folder and report how closely it follows float32."""
+    from cam_runtime.errors import InvalidArgumentError
     from cam_runtime.fidelity import fidelity_table
 
+    if output_argument is not None and output_option is not None and output_argument != output_option:
+        raise InvalidArgumentError(f"two output folders given ({output_argument} and -o {output_option}); give one")
+    output = output_argument or output_option
+    if output is None:
+        raise InvalidArgumentError("give the new model folder: camr quantize OUTPUT (or -o OUTPUT)")
+    if calibration is None:
+        raise InvalidArgumentError("give --calibration FOLDER (representative images; 32-128 is typical)")
     log = err_console()
 
     def show(report: dict[str, Any]) -> None:
-        if as_json:
+        if as_json or quiet:
             return
         out_console().print(fidelity_table(report, f"{precision.value.upper()} vs float32 ({model})"))
 
@@ -76,7 +100,7 @@ def quantize(
     common: dict[str, Any] = dict(calibration=calibration, held_out=held_out, max_images=max_images,
                                   threads=threads, force=force, accept_low_fidelity=accept_low_fidelity,
                                   min_top1=min_top1, min_correlation=min_correlation, on_report=show,
-                                  log=lambda message: log.print(f"[dim]{message}[/dim]"))
+                                  log=lambda message: None if quiet else log.print(f"[dim]{message}[/dim]"))
     if precision is Precision.int8:
         from cam_runtime.quantize import quantize_folder
 
@@ -93,7 +117,8 @@ def quantize(
     latency = result.details.get("batch1_latency_ms", {})
     timing = ", ".join(f"{k} {v:.1f} ms" for k, v in latency.items())
     chosen = f" ({result.details['chosen']})" if "chosen" in result.details else ""
-    log.print(f"wrote {output}{chosen}; batch-1 latency: {timing}")
+    if not quiet:
+        log.print(f"wrote {output}{chosen}; batch-1 latency: {timing}")
 
 
 FEW_CALIBRATION_IMAGES = 16
