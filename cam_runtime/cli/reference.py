@@ -1,4 +1,4 @@
-"""The options reference of docs/cli.md, generated from the commands themselves (``python -m cam_runtime.cli.reference``)."""
+"""The options table of docs/cli.md, generated from the commands (``python -m cam_runtime.cli.reference``)."""
 
 from __future__ import annotations
 
