@@ -385,7 +385,7 @@ def test_web_page_uploads_a_photo_and_shows_overlays(server: Server, client: htt
         assert len(rows) == 3 and "%" in rows[0].text
         assert "cam on 451×300" in browser.find_element(By.ID, "status").text
         explains = metric(client.get("/metrics").text, "camr_request_duration_seconds_count",
-                          route="/v1/models/{name}/explain", method="POST")
+                          route="/v1/models/{name}/explain", method="POST", code="200")
         browser.execute_script("const a = document.getElementById('alpha'); a.value = '0.8';"
                                "a.dispatchEvent(new Event('input'))")
         assert browser.execute_script("return document.querySelector('img.heat').style.opacity") == "0.8"
@@ -395,7 +395,7 @@ def test_web_page_uploads_a_photo_and_shows_overlays(server: Server, client: htt
         assert shot is not None and shot.shape[0] > 100
         print(f"screenshot: {screenshot}")
         assert metric(client.get("/metrics").text, "camr_request_duration_seconds_count",
-                      route="/v1/models/{name}/explain", method="POST") == explains  # opacity: no new request
+                      route="/v1/models/{name}/explain", method="POST", code="200") == explains  # opacity: no request
         browser.execute_script("const m = document.getElementById('method'); m.value = 'gradcam';"
                                "m.dispatchEvent(new Event('change'))")
         WebDriverWait(browser, 30).until(

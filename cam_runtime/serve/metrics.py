@@ -16,8 +16,8 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry(auto_describe=True)
-        self.latency = Histogram("camr_request_duration_seconds", "Time from request to response, by route.",
-                                 ["route", "method"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.latency = Histogram("camr_request_duration_seconds", "Time from request to response, by route and status.",
+                                 ["route", "method", "code"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.requests = Counter("camr_requests", "Responses sent, by route and status code.",
                                 ["route", "code"], registry=self.registry)
         self.batch_size = Histogram("camr_batch_size", "Images per session run (micro-batch size).",
@@ -55,7 +55,7 @@ class Metrics:
 
     def observe_response(self, route: str, method: str, code: int, seconds: float) -> None:
         """Record one finished response."""
-        self.latency.labels(route=route, method=method).observe(seconds)
+        self.latency.labels(route=route, method=method, code=str(code)).observe(seconds)
         self.requests.labels(route=route, code=str(code)).inc()
 
     def failure(self, reason: str) -> None:
