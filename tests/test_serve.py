@@ -216,7 +216,7 @@ def test_concurrent_requests_share_session_runs(client: httpx.Client) -> None:
     assert images == 48
     assert runs < 48, f"48 concurrent requests took {runs} session runs: no batching"
     assert metric(after, "camr_request_duration_seconds_count", route="/v1/models/{name}/explain",
-                  method="POST") >= 48
+                  method="POST", code="200") >= 48
     assert "camr_queue_depth" in after and "camr_failures_total" in after
 
 
