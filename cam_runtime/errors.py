@@ -275,3 +275,81 @@ class AnnotationError(CamError, ValueError):
 
     def __init__(self, path: str | Path, problem: str) -> None:
         super().__init__(f"invalid boxes file {path}: {problem}")
+
+
+# --- the HTTP service (camr serve) -------------------------------------------------------------------------
+
+
+class ServeError(CamError):
+    """A request to the HTTP service was refused; ``status`` is its HTTP status code."""
+
+    status: int = 400
+
+
+class BadRequestError(ServeError, ValueError):
+    """The request body or its parameters cannot be read (bad JSON, bad base64, missing image)."""
+
+    status = 400
+
+
+class UnsupportedMediaTypeError(ServeError, ValueError):
+    """The request's Content-Type is not one the route accepts."""
+
+    status = 415
+
+    def __init__(self, content_type: str, accepted: str) -> None:
+        super().__init__(f"unsupported content type {content_type or '(none)'!r}; send {accepted}")
+
+
+class RequestTooLargeError(ServeError, ValueError):
+    """The request body is larger than the server's limit."""
+
+    status = 413
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body larger than the limit of {limit} bytes (--max-body-bytes)")
+
+
+class UnauthorizedError(ServeError, PermissionError):
+    """The bearer token is missing or wrong."""
+
+    status = 401
+
+    def __init__(self) -> None:
+        super().__init__("missing or invalid bearer token (send 'Authorization: Bearer <token>')")
+
+
+class UnknownModelError(ServeError, KeyError):
+    """The URL names a model the server does not serve."""
+
+    status = 404
+
+    def __init__(self, name: str, served: Iterable[str]) -> None:
+        super().__init__(f"unknown model {name!r}; this server serves: {', '.join(served)}")
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the whole message
+        return str(self.args[0])
+
+
+class OverloadedError(ServeError, RuntimeError):
+    """The request queue is full; the client should retry later."""
+
+    status = 503
+
+    def __init__(self, queue_size: int) -> None:
+        super().__init__(f"server overloaded: the queue of {queue_size} requests is full; retry later")
+
+
+class NotReadyError(ServeError, RuntimeError):
+    """The server is starting up or draining and takes no new work."""
+
+    status = 503
+
+
+class RequestTimeoutError(ServeError, TimeoutError):
+    """The request was not answered within the per-request timeout."""
+
+    status = 504
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"request not answered within {seconds:g} s (--timeout)")

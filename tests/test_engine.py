@@ -262,11 +262,16 @@ def test_runtime_never_imports_tensorflow(tiny_nhwc: Path, photo_files: dict) ->
     code = (
         "import sys, cam_runtime, cam_runtime.cli; from cam_runtime import CamEngine;"
         f"CamEngine.load({str(tiny_nhwc)!r}, device='cpu').explain({str(photo_files['chelsea.jpg'])!r});"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx', 'tf_keras'));"
+        "\nfor argv in (['camr', '--help'], ['camr', 'serve', '--help']):\n"
+        "    sys.argv = argv\n"
+        "    try:\n        cam_runtime.cli.main()\n    except SystemExit:\n        pass\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx', 'tf_keras',"
+        " 'fastapi', 'uvicorn', 'starlette', 'prometheus_client', 'multipart', 'python_multipart', 'httpx'));"
         "print(bad); sys.exit(1 if bad else 0)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "--max-batch" in proc.stdout  # serve --help ran
 
 
 def test_handmade_nchw_folder_explains_jpeg_and_png(tiny_nchw: Path, photo_files: dict) -> None:
