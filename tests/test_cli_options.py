@@ -15,8 +15,8 @@ from cam_runtime.cli.reference import END, SHORT_FLAGS, START, command_options, 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "models" / "fixtures" / "shapes"
 TEST_SET = ROOT / "models" / "fixtures" / "shapes-test"
-NO_JSON = {"demo"}
-"""Commands with nothing but a human summary to print (the demo is a walkthrough)."""
+NO_JSON = {"demo", "serve"}
+"""Commands with no result to print: the demo is a walkthrough, the server answers over HTTP."""
 
 runner = CliRunner()
 

@@ -54,7 +54,7 @@ def quantize(
                                                      help="Folder of calibration images "
                                                           "(representative inputs; 32-128 is typical).")] = None,
     model: ModelOpt = DEFAULT_MODEL,
-    precision: Annotated[Precision, typer.Option("--precision", "-p", case_sensitive=False,
+    precision: Annotated[Precision, typer.Option("--precision", case_sensitive=False,
                                                  help="int8 (CPU speed) or fp16 (for GPUs).")] = Precision.int8,
     held_out: Annotated[Path | None, typer.Option("--held-out", help="Folder of other images, not used for "
                                                   "calibration, for the fidelity report.")] = None,

@@ -40,6 +40,8 @@ def serve(
     cors_origin: Annotated[list[str] | None, typer.Option("--cors-origin", help="Allow this origin by CORS; "
                                                           "repeatable (default: CORS off).")] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log warnings and errors only (--log-level "
+                                                              "warning).")] = False,
 ) -> None:
     """Serve explanations over HTTP: KServe V1 routes, /v1/models/NAME/explain, /metrics and a web page at /.
 
@@ -59,7 +61,8 @@ def serve(
                          cors_origins=tuple(cors_origin or ()))
     engines = _load_engines(model, device, threads, max_pixels)
     app = create_app(engines, config)
-    uv_config = uvicorn.Config(app, host=host, port=port, log_level=log_level.lower(), access_log=False,
+    level = "warning" if quiet else log_level.lower()
+    uv_config = uvicorn.Config(app, host=host, port=port, log_level=level, access_log=False,
                                timeout_graceful_shutdown=int(timeout) + 5, server_header=False)
     _run_server(uv_config, app)
 
