@@ -38,6 +38,7 @@ from .common import (
 if TYPE_CHECKING:
     from cam_runtime.engine import CamEngine
     from cam_runtime.video import VideoFrameResult
+    from cam_runtime.video_sources import VideoInput
 
 MAX_THUMBS = 200
 """Segment thumbnails embedded in report.html at most."""
@@ -116,19 +117,25 @@ def preview_available() -> bool:
     return sys.platform in ("win32", "darwin") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def _output_key(source: str | int) -> str:
+def _output_key(source: Any) -> str:
     from cam_runtime.outputs import output_key, safe_part
 
     if isinstance(source, int):
         return f"camera-{source}"
-    if is_video_argument(source) and "://" in source:
+    if not isinstance(source, str | Path):
+        return "frames"
+    source = str(source)
+    if "://" in source:
         return safe_part(re.sub(r"^[a-z]+://", "", source, flags=re.IGNORECASE).replace("/", "_"))[:60]
     return output_key(Path(source).name)
 
 
-def run_video(engine: CamEngine, source: str | int, output: Path, options: VideoOptions, *,
+def run_video(engine: CamEngine, source: VideoInput, output: Path, options: VideoOptions, *,
               model_path: Path | None = None) -> int:
-    """Explain one video source into ``output``; returns the exit code (0, 1 on a source error, 130 on Ctrl-C)."""
+    """Explain one video source into ``output``; returns the exit code (0, 1 on a source error, 130 on Ctrl-C).
+
+    ``source``: a path, URL, camera index, or anything :func:`cam_runtime.video.iter_explain_video` reads.
+    """
     from cam_runtime.errors import InvalidArgumentError, OutputExistsError, VideoError
     from cam_runtime.outputs import OutputLayout, remove_stale_temps
     from cam_runtime.report import now_iso, thumbnail_data_uri
@@ -160,7 +167,7 @@ def run_video(engine: CamEngine, source: str | int, output: Path, options: Video
     remove_stale_temps(layout.root)
     remove_stale_video_temps(layout.root)
     preview = options.preview
-    live = isinstance(source, int) or "://" in source
+    live = isinstance(source, int) or "://" in str(source)
     if preview is None:
         preview = live and preview_available()
     elif preview and not preview_available():
@@ -169,7 +176,8 @@ def run_video(engine: CamEngine, source: str | int, output: Path, options: Video
 
     started = time.perf_counter()
     meta: dict[str, Any] = {"tool": "cam-runtime", "version": _version(), "created": now_iso(),
-                            "source": str(source) if not isinstance(source, int) else f"camera {source}",
+                            "source": f"camera {source}" if isinstance(source, int) else str(source)
+                            if isinstance(source, str | Path) else "<frames>",
                             "model": engine.manifest.name, "model_path": str(model_path) if model_path else None,
                             "device": engine.providers[0] if engine.providers else None, "method": options.method,
                             "top_k": options.top_k, "classes": options.classes, "every": options.every,
@@ -184,6 +192,7 @@ def run_video(engine: CamEngine, source: str | int, output: Path, options: Video
         error_line(str(exc))
         return EXIT_SOME_FAILED
     info = stream.info
+    meta["source"] = info.source
     fps_in = info.fps or DEFAULT_LIVE_FPS
     fps_out = fps_in / options.every
     meta.update({"width": info.width, "height": info.height, "fps": round(fps_in, 6),
