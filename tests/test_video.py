@@ -414,3 +414,16 @@ def test_raw_source_stall_in_process() -> None:
                 next(frames)
     finally:
         os.close(write_fd)
+
+
+def test_colorize_fast_path_equals_numpy_levels() -> None:
+    from cam_runtime.render import colorize
+
+    rng = np.random.default_rng(3)
+    heat = rng.random((90, 160)).astype(np.float32)
+    heat[0, :256 // 2] = (np.arange(128) + 0.5) / 255  # exact half steps round to even either way
+    expected = cv2.applyColorMap(np.clip(np.rint(heat * 255.0), 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
+    np.testing.assert_array_equal(colorize(heat), expected)
+    negative = heat - 0.5  # the NumPy path clips negatives to 0
+    expected = cv2.applyColorMap(np.clip(np.rint(negative * 255.0), 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
+    np.testing.assert_array_equal(colorize(negative), expected)
