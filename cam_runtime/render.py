@@ -34,7 +34,7 @@ def colorize(heatmap: npt.NDArray[np.float32], colormap: str = "jet") -> npt.NDA
         levels = cast("npt.NDArray[np.uint8]", cv2.convertScaleAbs(heatmap, alpha=255.0))
     else:
         levels = np.clip(np.rint(heatmap * 255.0), 0, 255).astype(np.uint8)
-    return cv2.applyColorMap(levels, colormap_id(colormap))
+    return cast("npt.NDArray[np.uint8]", cv2.applyColorMap(levels, colormap_id(colormap)))
 
 
 def overlay_bgr(image_bgr: npt.NDArray[np.uint8], heatmap: npt.NDArray[np.float32], *, alpha: float = 0.5,
