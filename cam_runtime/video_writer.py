@@ -11,9 +11,12 @@ opencv-python(-headless) wheels ship without an H.264 encoder, so they write ``m
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -39,6 +42,39 @@ def _temp_path(path: Path) -> Path:
     return Path(name)
 
 
+@functools.cache
+def encoder_available(fourcc: str, suffix: str = ".mp4") -> bool:
+    """Whether this OpenCV build opens a ``cv2.VideoWriter`` for ``fourcc`` (tried once per process, on a tiny file).
+
+    FFmpeg prints its own lines when an encoder is missing (e.g. the ``h264_v4l2m2m`` hardware encoder probed for
+    ``avc1``) if its log level was fixed before this module set it; stderr is silenced during the probe.
+    """
+    with tempfile.TemporaryDirectory(prefix="camr-codec-") as folder, _stderr_silenced():
+        writer = cv2.VideoWriter(str(Path(folder) / f"probe{suffix}"), cv2.CAP_FFMPEG,
+                                 cv2.VideoWriter.fourcc(*fourcc), 10.0, (64, 48))
+        opened = bool(writer.isOpened())
+        writer.release()
+    return opened
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no usable fd 2 (embedded interpreters)
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def remove_stale_video_temps(folder: str | Path) -> int:
     """Delete temporary video/JSONL files that a killed run left in ``folder``; returns how many."""
     removed = 0
@@ -60,9 +96,12 @@ class AtomicVideoWriter:
         self.path = Path(path)
         if not fps > 0:
             raise InvalidArgumentError(f"video fps must be > 0, got {fps}")
-        candidates = CODECS if codec == "auto" else (codec,)
-        if any(len(c) != 4 for c in candidates):
+        if codec != "auto" and len(codec) != 4:
             raise InvalidArgumentError(f"codec must be 'auto' or a four-character code such as mp4v, got {codec!r}")
+        if codec == "auto":  # mp4v is tried even if its probe failed: the real open gives the error
+            candidates = tuple(c for c in CODECS if encoder_available(c, self.path.suffix)) or CODECS[-1:]
+        else:
+            candidates = (codec,)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._tmp = _temp_path(self.path)
