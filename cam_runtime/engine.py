@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal, TypeGuard, Union, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard, Union, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -42,6 +42,9 @@ from .providers import (
 from .results import ExplainResult, ImageFailure, Prediction, TargetMap
 from .targets import ClassTarget, ResolvedTarget, Target
 from .threads import limit_library_threads
+
+if TYPE_CHECKING:
+    from .video import VideoStream
 
 ClassSpec = Union[int, str, Target]
 OnOff = Union[bool, Literal["auto"]]
@@ -432,6 +435,12 @@ class CamEngine:
                                         score=score, alpha_mode=alpha_mode, array_order=array_order,
                                         raise_errors=False, total=None, prefetch=prefetch,
                                         method_options=method_options)
+
+    def iter_explain_video(self, source: Any, **options: Any) -> VideoStream:
+        """Explain a video, camera, URL or frame iterable lazily (:func:`cam_runtime.video.iter_explain_video`)."""
+        from .video import iter_explain_video
+
+        return iter_explain_video(self, source, **options)
 
     def _explain_stream(self, images: Iterable[ImageInput], *, method: str | CamMethod, top_k: int,
                         classes: Targets, batch_size: int, box_threshold: float, all_boxes: bool, score: str,

@@ -353,3 +353,67 @@ class RequestTimeoutError(ServeError, TimeoutError):
 
     def __init__(self, seconds: float) -> None:
         super().__init__(f"request not answered within {seconds:g} s (--timeout)")
+
+# --- video and streams ---------------------------------------------------------------------------------
+
+
+class VideoError(CamError):
+    """A video, camera or raw frame stream could not be (fully) read; ``frame`` is how many frames were read."""
+
+    frame: int = 0
+
+
+class VideoNotFoundError(VideoError, FileNotFoundError):
+    """The video file does not exist."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(f"video not found: {path}")
+
+
+class VideoOpenError(VideoError, OSError):
+    """The decoder cannot open the video, camera or URL at all."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"cannot open video {source}: {reason}")
+
+
+class VideoTruncatedError(VideoError, EOFError):
+    """The video ended before the frame count its container declares, or a raw stream ended inside a frame."""
+
+    def __init__(self, source: str, frame: int, detail: str) -> None:
+        self.frame = frame
+        super().__init__(f"video {source} is truncated or corrupt: reading stopped at frame {frame} ({detail}); "
+                         "the outputs of the frames before it are kept")
+
+
+class VideoDecodeError(VideoError, ValueError):
+    """A frame was read but could not be decoded or has another size than the stream."""
+
+    def __init__(self, source: str, frame: int, reason: str) -> None:
+        self.frame = frame
+        super().__init__(f"cannot decode frame {frame} of {source}: {reason}; the outputs of the frames before it "
+                         "are kept")
+
+
+class StreamStalledError(VideoError, TimeoutError):
+    """A live source or pipe delivered no frame within the timeout."""
+
+    def __init__(self, source: str, frame: int, timeout_s: float) -> None:
+        self.frame = frame
+        super().__init__(f"stream {source} stalled: no frame for {timeout_s:g} s after frame {frame} "
+                         "(raise --timeout to wait longer)")
+
+
+class VideoFrameTooLargeError(VideoError, ValueError):
+    """Video frames have more pixels than the configured limit."""
+
+    def __init__(self, source: str, width: int, height: int, limit: int) -> None:
+        super().__init__(f"frames of {source} are {width}x{height} = {width * height} pixels, above the limit of "
+                         f"{limit} (raise max_pixels / --max-pixels to allow them)")
+
+
+class VideoWriteError(OutputError):
+    """No video encoder could be opened for an output file."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"cannot write video {path}: {reason}")

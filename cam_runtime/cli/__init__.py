@@ -8,7 +8,7 @@ import typer
 
 from cam_runtime import __version__
 
-from . import bench_cmd, demo_cmd, evaluate_cmd, explain_cmd, export_cmd, info_cmd, quantize_cmd, serve_cmd
+from . import bench_cmd, demo_cmd, evaluate_cmd, explain_cmd, export_cmd, info_cmd, quantize_cmd, serve_cmd, video_cmd
 from .common import State
 
 app = typer.Typer(
@@ -46,6 +46,8 @@ app.command("demo")(demo_cmd.demo)
 app.command("quantize")(quantize_cmd.quantize)
 app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("serve")(serve_cmd.serve)
+app.command("video")(video_cmd.video)
+app.command("stream")(video_cmd.stream)
 # --- end of command registration ----------------------------------------------------------------------------------
 
 

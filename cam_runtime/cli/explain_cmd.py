@@ -22,6 +22,7 @@ from .common import (
     load_engine,
     warn_line,
 )
+from .video_cmd import EndOpt, EveryOpt, SmoothOpt, StartOpt
 
 DEFAULT_OUTPUT = Path("outputs")
 SCORECAM_SLOW = ("scorecam runs 128 masked forward passes per image: expect it to take 10-20x longer than the "
@@ -64,12 +65,31 @@ def explain(
     max_pixels: MaxPixelsOpt = 100_000_000,
     resize: ResizeOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary table.")] = False,
+    every: EveryOpt = 1,
+    start: StartOpt = None,
+    end: EndOpt = None,
+    smooth: SmoothOpt = None,
 ) -> None:
     """Explain images: overlays named after the inputs, report.json / report.csv / report.html in the output folder.
 
     Exit status: 0 all inputs done, 1 some inputs failed (listed in the report), 2 usage or model error.
+    A video file or stream URL (one per run) is explained by ``camr video`` (see its --help).
     """
     from cam_runtime.errors import InvalidArgumentError
+
+    from . import video_cmd
+
+    if any(video_cmd.is_video_argument(i) for i in inputs):
+        if len(inputs) != 1 or json_lines or skip_existing or save_heatmaps:
+            raise InvalidArgumentError("a video is explained alone (one input) and without --json, "
+                                       "--skip-existing or --save-heatmaps (see camr video --help)")
+        video_options = video_cmd.VideoOptions(
+            method=method, top_k=top_k or 1, classes=list(classes) if classes else None, every=every, start=start,
+            end=end, smooth=smooth, batch_size=batch_size, alpha=alpha, colormap=colormap, boxes=boxes,
+            all_boxes=all_boxes, box_threshold=box_threshold, force=force, quiet=quiet)
+        video_options.validate()
+        engine = load_engine(model, device, threads, max_pixels=max_pixels, resize=resize)
+        raise typer.Exit(video_cmd.run_video(engine, inputs[0], output, video_options, model_path=model))
 
     from .inputs import collect_inputs
     from .runner import ExplainOptions, run_explain

@@ -170,7 +170,7 @@ def render_image(result: ExplainResult, options: OutputOptions) -> tuple[bytes, 
     if options.returns == "heatmap":
         bgr = result.colored_heatmap(options.target, colormap=options.colormap, channel_order="BGR")
     else:
-        bgr = result.overlay(options.target, alpha=options.alpha, colormap=options.colormap,
+        bgr = result.overlay(options.target, heatmap_weight=options.alpha, colormap=options.colormap,
                              draw_boxes=options.boxes, channel_order="BGR")
     return encode_image(bgr, options.image_format), MEDIA_TYPES[options.image_format]
 
@@ -184,8 +184,8 @@ def result_json(result: ExplainResult, options: OutputOptions) -> dict[str, Any]
         if options.maps:
             entry["map"] = np.round(target.raw.astype(np.float64), 6).tolist()
         if options.images in ("overlay", "both"):
-            bgr = result.overlay(index, alpha=options.alpha, colormap=options.colormap, draw_boxes=options.boxes,
-                                 channel_order="BGR")
+            bgr = result.overlay(index, heatmap_weight=options.alpha, colormap=options.colormap,
+                                 draw_boxes=options.boxes, channel_order="BGR")
             entry["overlay"] = _b64(encode_image(bgr, options.image_format))
         if options.images in ("heatmap", "both"):
             bgr = result.colored_heatmap(index, colormap=options.colormap, channel_order="BGR")
