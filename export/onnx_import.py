@@ -265,6 +265,19 @@ def _pooling(graph: _Graph, tensor: str, path: Path) -> tuple[str, str, str]:
                               "average pooling", _pool_candidates(graph))
 
 
+def _refuse_flattened_map(graph: _Graph, start: str, stop: str, path: Path) -> None:
+    """A Flatten/Reshape of a map with several positions (VGG-style) between pooling and classifier is refused."""
+    tensor = start
+    while tensor != stop and (node := graph.node_of(tensor)) is not None:
+        dims = graph.shape(node.input[0])
+        if node.op_type in ("Flatten", "Reshape") and dims is not None and len(dims) == 4:
+            nchw, nhwc = _prod(dims[2:]), _prod(dims[1:3])
+            if nchw is not None and nhwc is not None and nchw > 1 and nhwc > 1:
+                raise OnnxHeadError(path, f"the head flattens the feature map {dims} ({_describe(node)}) instead of "
+                                          "pooling it, so each position has its own weights")
+        tensor = node.input[0]
+
+
 def _prod(dims: Sequence[int | None]) -> int | None:
     if any(d is None for d in dims):
         return None
@@ -296,6 +309,7 @@ def detect_head(model: Any, shapes: dict[str, list[int | None]], path: Path,
         tensor = _skip(graph, node.input[0], _IDENTITIES, passed)
     linear = _linear(graph, tensor, path)
     pooled = _skip(graph, linear.input, _IDENTITIES + _SHAPE_OPS, passed)
+    _refuse_flattened_map(graph, linear.input, pooled, path)
     try:
         found, layout, pooling = _pooling(graph, pooled, path)
     except OnnxHeadError:

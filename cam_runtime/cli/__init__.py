@@ -8,7 +8,7 @@ import typer
 
 from cam_runtime import __version__
 
-from . import bench_cmd, demo_cmd, evaluate_cmd, explain_cmd, export_cmd, info_cmd, quantize_cmd
+from . import bench_cmd, demo_cmd, evaluate_cmd, explain_cmd, export_cmd, import_cmd, info_cmd, quantize_cmd
 from .common import State
 
 app = typer.Typer(
@@ -45,6 +45,7 @@ app.command("bench")(bench_cmd.bench)
 app.command("demo")(demo_cmd.demo)
 app.command("quantize")(quantize_cmd.quantize)
 app.command("evaluate")(evaluate_cmd.evaluate)
+app.command("import")(import_cmd.import_model)
 # --- end of command registration ----------------------------------------------------------------------------------
 
 
