@@ -494,7 +494,8 @@ def test_tf2onnx_converted_keras_model_matches_the_exporter(tmp_path: Path) -> N
     tf2onnx.convert.from_keras(model, input_signature=spec, opset=17, output_path=str(onnx_file))
     imported = import_onnx(onnx_file, tmp_path / "imported", preset="none")
     manifest = read_manifest(imported)
-    assert manifest.input.layout == "NHWC" and manifest.outputs.features_layout == "NHWC"
+    # tf2onnx's optimiser moves the Transpose in front of the pooling, so the features may come out NCHW.
+    assert manifest.input.layout == "NHWC" and manifest.provenance["feature_shape"] == [9, 9, 12]
     np.testing.assert_allclose(np.load(imported / "dense_weights.npy"), np.load(exported / "dense_weights.npy"))
     rgb = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
     for method in ("cam", "gradcam++"):
