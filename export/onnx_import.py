@@ -164,15 +164,15 @@ def _linear(graph: _Graph, tensor: str, path: Path) -> LinearHead:
             raise OnnxHeadError(path, f"{_describe(node)} has no constant 2-D weight")
         w = w.T if graph.attr(node, "transB", 0) else w
         w = w * float(graph.attr(node, "alpha", 1.0))
-        bias = np.zeros(w.shape[1])
+        gemm_bias = np.zeros(w.shape[1])
         if len(node.input) > 2 and node.input[2]:
             c = graph.const(node.input[2])
             if c is None:
                 raise OnnxHeadError(path, f"{_describe(node)} has a non-constant bias")
-            bias = np.broadcast_to(c, (1, w.shape[1])).reshape(-1) * float(graph.attr(node, "beta", 1.0))
-        return LinearHead(node.input[0], w.astype(np.float32), bias.astype(np.float32), (_describe(node),))
-    bias_node = None
-    bias = None
+            gemm_bias = np.broadcast_to(c, (1, w.shape[1])).reshape(-1) * float(graph.attr(node, "beta", 1.0))
+        return LinearHead(node.input[0], w.astype(np.float32), gemm_bias.astype(np.float32), (_describe(node),))
+    bias_node: Any = None
+    bias: npt.NDArray[Any] | None = None
     if node.op_type == "Add":
         for mine, other in ((0, 1), (1, 0)):
             producer = graph.node_of(node.input[mine])
@@ -373,7 +373,8 @@ def load_onnx(path: Path) -> Any:
             external_data_helper.load_external_data_for_model(model, str(base))
         except Exception as exc:
             raise OnnxModelLoadError(path, f"cannot read its external data ({_short(exc)})") from None
-    if model.ByteSize() > MAX_PROTO_BYTES:
+    # Without external data the file was parsed, so it is under protobuf's limit; ByteSize walks every tensor.
+    if uses_external and model.ByteSize() > MAX_PROTO_BYTES:
         raise UnsupportedOnnxModelError(path, "the model is larger than 2 GiB (protobuf's limit for one file)")
     return model
 

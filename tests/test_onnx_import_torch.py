@@ -56,7 +56,7 @@ def _import_pytorch_grad_cam() -> Any:
         try:
             import pytorch_grad_cam
             import pytorch_grad_cam.utils.image
-            import pytorch_grad_cam.utils.model_targets  # noqa: F401
+            import pytorch_grad_cam.utils.model_targets
         finally:
             for name in modules:
                 sys.modules.pop(name, None)
