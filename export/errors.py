@@ -87,3 +87,45 @@ class DegenerateModelError(ExportError, ValueError):
 
 class DegenerateModelWarning(UserWarning):
     """A model file or weights whose outputs are constant on the parity inputs (exported, with a warning)."""
+
+# --- ONNX import (``camr import``) -------------------------------------------------------------------------
+
+FUTURE_HEADS = ("heads other than global average pooling → linear layer are future work (the 'every CNN head' "
+                "issue)")
+
+
+class OnnxImportError(ExportError):
+    """An ONNX classifier could not be imported; nothing was written."""
+
+
+class OnnxModelNotFoundError(OnnxImportError, FileNotFoundError):
+    """The ONNX file does not exist."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(f"ONNX model not found: {path}")
+
+
+class OnnxModelLoadError(OnnxImportError, ValueError):
+    """The file is not a readable ONNX model (or its external data is missing or unsafe)."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"cannot read ONNX model {path}: {reason}")
+
+
+class UnsupportedOnnxModelError(OnnxImportError, ValueError):
+    """The graph's inputs or outputs cannot become a model folder (several inputs, unknown size, ...)."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"cannot import {path}: {reason}")
+
+
+class OnnxHeadError(OnnxImportError, ValueError):
+    """No global-average-pooling → linear head was found, so CAM would not be exact."""
+
+    def __init__(self, path: str | Path, reason: str, candidates: list[str] | None = None) -> None:
+        hint = ""
+        if candidates:
+            hint = (f"; pooled tensors found in the graph: {', '.join(candidates)} (pass --features NAME if one "
+                    "of them is what the classifier averages)")
+        super().__init__(f"cannot import {path} for CAM: {reason}{hint}. CAM is exact only when the class score "
+                         f"is a linear function of spatially averaged conv features; {FUTURE_HEADS}")

@@ -57,7 +57,7 @@ def test_version() -> None:
     assert __version__ in result.stdout
 
 
-@pytest.mark.parametrize("command", ["", "explain", "export", "info", "bench", "demo"])
+@pytest.mark.parametrize("command", ["", "explain", "export", "import", "info", "bench", "demo"])
 def test_help_everywhere(command: str) -> None:
     for flag in ("-h", "--help"):
         result = invoke(*([command] if command else []), flag)

@@ -8,7 +8,18 @@ import typer
 
 from cam_runtime import __version__
 
-from . import bench_cmd, demo_cmd, evaluate_cmd, explain_cmd, export_cmd, info_cmd, quantize_cmd, serve_cmd, video_cmd
+from . import (
+    bench_cmd,
+    demo_cmd,
+    evaluate_cmd,
+    explain_cmd,
+    export_cmd,
+    import_cmd,
+    info_cmd,
+    quantize_cmd,
+    serve_cmd,
+    video_cmd,
+)
 from .common import State
 
 app = typer.Typer(
@@ -48,6 +59,7 @@ app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("serve")(serve_cmd.serve)
 app.command("video")(video_cmd.video)
 app.command("stream")(video_cmd.stream)
+app.command("import")(import_cmd.import_model)
 # --- end of command registration ----------------------------------------------------------------------------------
 
 
