@@ -234,3 +234,13 @@ class AnnotationError(CamError, ValueError):
 
     def __init__(self, path: str | Path, problem: str) -> None:
         super().__init__(f"invalid boxes file {path}: {problem}")
+
+
+# --- optional extras --------------------------------------------------------------------------------------
+
+
+class RayMissingError(CamError, ImportError):
+    """Ray Data (the ``ray`` extra) is needed but not installed."""
+
+    def __init__(self) -> None:
+        super().__init__("scale-out needs Ray Data: pip install 'cam-runtime[ray]' (ray[data] and pyarrow)")
