@@ -25,7 +25,7 @@ from cam_runtime.cli.bench_cmd import example_images
 from tiny_models import make_tiny_folder
 
 REPO = Path(__file__).resolve().parents[1]
-TF_MODULES = ("tensorflow", "keras", "tf2onnx")
+TF_MODULES = ("tensorflow", "keras", "tf2onnx", "ray", "pyarrow")
 
 
 def camr(*args: object, cwd: Path | None = None, timeout: float = 120,
@@ -149,6 +149,24 @@ def test_runtime_commands_never_import_tensorflow(model: Path, tmp_path: Path) -
         "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code == 0, exc.code\n"
         f"sys.argv = ['camr', 'info', {str(model)!r}]\n"
         "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code == 0, exc.code\n"
+        f"loaded = [m for m in {TF_MODULES!r} if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+        "print('clean')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().strip().endswith("clean")
+
+
+def test_import_and_help_never_import_optional_extras() -> None:
+    code = (
+        "import sys\n"
+        "import cam_runtime\n"
+        "from cam_runtime.cli import main\n"
+        "for argv in (['camr', '--help'], ['camr', 'explain', '--help']):\n"
+        "    sys.argv = argv\n"
+        "    try:\n        main()\n    except SystemExit as exc:\n        assert exc.code == 0, exc.code\n"
         f"loaded = [m for m in {TF_MODULES!r} if m in sys.modules]\n"
         "assert not loaded, loaded\n"
         "print('clean')\n"
