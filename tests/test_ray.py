@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ray = pytest.importorskip("ray", reason="the ray extra (ray[data], pyarrow) is not installed")
-pytest.importorskip("ray.data", reason="the ray extra needs Ray Data: pip install 'ray[data]'")
-
 from cam_runtime import CamEngine
 from cam_runtime.ray import CRASH_ONCE_ENV, explain_dataset, read_records, record_files
+
+ray = pytest.importorskip("ray", reason="the ray extra (ray[data], pyarrow) is not installed")
+pytest.importorskip("ray.data", reason="the ray extra needs Ray Data: pip install 'ray[data]'")
 
 pytestmark = pytest.mark.slow
 
