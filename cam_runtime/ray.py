@@ -127,8 +127,29 @@ class ExplainActor:
             else:
                 error = outcome.error.replace(outcome.source, sources[i]) if isinstance(data, bytes) else outcome.error
                 records[i] = _failed(sources[i], keys[i], error, outcome.error_type)
+        table = pa.Table.from_pylist(records, schema=record_schema())
+        if self.options["records_dir"] is None:
+            self._maybe_crash()
+            return table
+        self._write_records(table, keys)
         self._maybe_crash()
-        return pa.Table.from_pylist(records, schema=record_schema())
+        return table.select(["key", "status"])
+
+    def _write_records(self, table: pa.Table, keys: list[str]) -> None:
+        """The batch's records as one Parquet file named after its keys: a retried batch replaces its own file."""
+        import hashlib
+
+        import pyarrow.parquet as pq
+
+        folder = Path(self.options["records_dir"])
+        folder.mkdir(parents=True, exist_ok=True)
+        name = "part-" + hashlib.sha256("\n".join(keys).encode("utf-8")).hexdigest()[:24] + ".parquet"
+        tmp = folder / f".{name}.{os.getpid()}.tmp"
+        try:
+            pq.write_table(table, tmp)
+            os.replace(tmp, folder / name)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def _input(self, batch: dict[str, Any], i: int, path: str) -> bytes | Path:
         """The encoded bytes of row ``i``, or its local path (read and checked by the engine's loader)."""
@@ -210,7 +231,8 @@ def explain_dataset(ds: Dataset, model: str | Path, *, method: str = "cam", top_
                     device: str = "auto", threads: int = 1, output: str | Path | None = None, root: str | None = None,
                     image_format: str = "jpg", alpha: float = 0.5, colormap: str = "jet", draw_boxes: bool = True,
                     box_threshold: float = 0.2, all_boxes: bool = False, max_pixels: int | None = None,
-                    resize: str | None = None, runtime_env: dict[str, Any] | None = None) -> Dataset:
+                    resize: str | None = None, records_dir: str | Path | None = None,
+                    runtime_env: dict[str, Any] | None = None) -> Dataset:
     """A lazy Ray Dataset of records (one per row of ``ds``), explained by an actor pool, one engine per actor.
 
     ``ds`` has a ``bytes`` and/or a ``path`` column (``ray.data.read_binary_files(paths, include_paths=True)``,
@@ -220,6 +242,10 @@ def explain_dataset(ds: Dataset, model: str | Path, *, method: str = "cam", top_
     else its CPUs / ``threads``), each with ``threads`` onnxruntime threads, or one GPU on ``device="cuda"``
     (``"auto"`` takes GPUs when the cluster has them). A dead actor is restarted and its batch retried (Ray
     Data's defaults for actor pools), so every row still gives exactly one record.
+
+    With ``records_dir``, each actor writes its batch's records there itself (one Parquet file per batch, named
+    after the batch's keys, written atomically, so a retried batch replaces its own file) and the dataset
+    yields only ``key`` and ``status``: no separate write stage competing with the actors for CPUs.
     """
     ray = import_ray()
     from .imaging import DEFAULT_MAX_PIXELS
@@ -245,7 +271,7 @@ def explain_dataset(ds: Dataset, model: str | Path, *, method: str = "cam", top_
                "output": str(output) if output is not None else None, "root": root,
                "image_format": image_format.lower().lstrip(".").replace("jpeg", "jpg"), "alpha": alpha,
                "colormap": colormap, "draw_boxes": draw_boxes, "box_threshold": box_threshold,
-               "all_boxes": all_boxes}
+               "all_boxes": all_boxes, "records_dir": str(records_dir) if records_dir is not None else None}
     return ds.map_batches(ExplainActor, fn_constructor_args=(str(model), options), batch_size=batch_size,
                           batch_format="numpy", zero_copy_batch=True,
                           compute=ray.data.ActorPoolStrategy(size=concurrency),

@@ -127,9 +127,9 @@ def run_ray_explain(address: str, inputs: list[str], output: Path, model: Path, 
                 batch_size=options.batch_size, device=device, threads=threads or 1, output=layout.root,
                 image_format=options.image_format, alpha=options.alpha, colormap=options.colormap,
                 draw_boxes=options.boxes, box_threshold=options.box_threshold, all_boxes=options.all_boxes,
-                max_pixels=max_pixels, resize=resize)
-            # Write tasks are light: num_cpus=0 keeps them from waiting for CPUs the actors hold.
-            records.write_parquet(str(layout.root / RECORDS_DIR), ray_remote_args={"num_cpus": 0})
+                max_pixels=max_pixels, resize=resize, records_dir=layout.root / RECORDS_DIR)
+            for _ in records.iter_batches(batch_size=None):  # the actors write the records; this drives them
+                pass
         finally:
             if started:
                 ray.shutdown()
