@@ -26,7 +26,7 @@ from tiny_models import make_tiny_folder
 
 REPO = Path(__file__).resolve().parents[1]
 TF_MODULES = ("tensorflow", "keras", "tf2onnx")
-OPTIONAL_MODULES = (*TF_MODULES, "onnx", "torch", "onnxscript", "pytorch_grad_cam")
+OPTIONAL_MODULES = (*TF_MODULES, "onnx", "torch", "onnxscript", "pytorch_grad_cam", "ray", "pyarrow")
 """Extras that the runtime commands (explain, info, import --help) must not import."""
 
 
@@ -153,6 +153,24 @@ def test_runtime_commands_never_import_tensorflow(model: Path, tmp_path: Path) -
         "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code == 0, exc.code\n"
         "sys.argv = ['camr', 'import', '--help']\n"
         "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code == 0, exc.code\n"
+        f"loaded = [m for m in {OPTIONAL_MODULES!r} if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+        "print('clean')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().strip().endswith("clean")
+
+
+def test_import_and_help_never_import_optional_extras() -> None:
+    code = (
+        "import sys\n"
+        "import cam_runtime\n"
+        "from cam_runtime.cli import main\n"
+        "for argv in (['camr', '--help'], ['camr', 'explain', '--help']):\n"
+        "    sys.argv = argv\n"
+        "    try:\n        main()\n    except SystemExit as exc:\n        assert exc.code == 0, exc.code\n"
         f"loaded = [m for m in {OPTIONAL_MODULES!r} if m in sys.modules]\n"
         "assert not loaded, loaded\n"
         "print('clean')\n"

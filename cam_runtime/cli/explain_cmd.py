@@ -69,6 +69,10 @@ def explain(
     start: StartOpt = None,
     end: EndOpt = None,
     smooth: SmoothOpt = None,
+    ray_address: Annotated[str | None, typer.Option("--ray", metavar="ADDRESS", help="Run on Ray (the ray extra): "
+                                                    "local, auto, HOST:PORT or ray://HOST:PORT; Parquet records "
+                                                    "in OUTPUT/records. Inputs may be pyarrow URIs (s3://...).",
+                                                    show_default=False)] = None,
 ) -> None:
     """Explain images: overlays named after the inputs, report.json / report.csv / report.html in the output folder.
 
@@ -105,6 +109,11 @@ def explain(
                              batch_size=batch_size, json_lines=json_lines, force=force,
                              skip_existing=skip_existing, quiet=quiet)
     options.validate()
+    if ray_address is not None:
+        from .ray_cmd import run_ray_explain
+
+        raise typer.Exit(run_ray_explain(ray_address, inputs, output, model, options, device=device.value,
+                                         threads=threads, max_pixels=max_pixels, resize=resize, recursive=recursive))
     items = collect_inputs(inputs, recursive=recursive)
     engine = load_engine(model, device, threads, max_pixels=max_pixels, resize=resize)
     if options.method == "scorecam" and not json_lines:
