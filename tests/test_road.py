@@ -12,6 +12,7 @@ from cam_runtime.engine import CamEngine
 from cam_runtime.errors import InvalidArgumentError
 from cam_runtime.evaluation import evaluate_method, load_samples
 from cam_runtime.road import NEIGHBOUR_WEIGHTS, impute_linear, removal_masks, road
+from torch_reference import import_pytorch_grad_cam
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,9 +115,8 @@ def test_a_map_on_the_evidence_beats_one_off_it() -> None:
 
 
 def test_pytorch_grad_cam_imputer_agrees() -> None:
-    torch = pytest.importorskip("torch", reason="the torch test extra is needed for the reference imputer")
-    road_module = pytest.importorskip("pytorch_grad_cam.metrics.road",
-                                      reason="grad-cam (test extra) provides the reference implementation")
+    road_module = import_pytorch_grad_cam().metrics.road
+    import torch
     rng = np.random.default_rng(5)
     image = rng.normal(size=(16, 18, 3)).astype(np.float32)
     keep = rng.uniform(size=(16, 18)) > 0.5
