@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from .defaults import BOX_THRESHOLD as DEFAULT_THRESHOLD
 from .errors import InvalidArgumentError
 
-DEFAULT_THRESHOLD = 0.2
 _MAX_CONTOUR_COMPONENTS = 64
 """Above this many components (noise-like maps) one labelling pass beats a flood fill per component."""
 

@@ -42,7 +42,7 @@ class SetFidelity:
     """Mean over images of the Pearson correlation of the two CAM maps for the float32 top-1 class."""
     map_correlation_min: float
     box_iou_mean: float
-    """Mean IoU of the largest-component boxes (threshold 0.2) at the original image size."""
+    """Mean IoU of the largest-component boxes (the default box threshold) at the original image size."""
     box_iou_min: float
     max_abs_probability_diff: float
 

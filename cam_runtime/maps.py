@@ -19,7 +19,7 @@ def normalize(heatmap: npt.NDArray[np.float32], *, inplace: bool = False) -> npt
     """``max(m, 0) / max(m)``: positive evidence scaled to [0, 1]; all zeros when no value is positive.
 
     Negative values (evidence against the class, present in CAM) are clipped, the largest value becomes 1,
-    and zero stays zero, so a box threshold of 0.2 means "20% of the maximum" as in the CAM paper.
+    and zero stays zero, so a box threshold of 0.5 means "half the maximum" (the CAM paper used 0.2).
     ``inplace`` reuses a float32 ``heatmap``'s memory (the same numbers, one image-size pass fewer).
     """
     peak = float(heatmap.max()) if heatmap.size else 0.0

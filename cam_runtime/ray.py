@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from .defaults import BOX_THRESHOLD
 from .errors import ImageReadError, InvalidArgumentError, RayMissingError
 
 if TYPE_CHECKING:
@@ -230,7 +231,7 @@ def explain_dataset(ds: Dataset, model: str | Path, *, method: str = "cam", top_
                     classes: Sequence[int | str] | None = None, batch_size: int = 16, concurrency: int | None = None,
                     device: str = "auto", threads: int = 1, output: str | Path | None = None, root: str | None = None,
                     image_format: str = "jpg", alpha: float = 0.5, colormap: str = "jet", draw_boxes: bool = True,
-                    box_threshold: float = 0.2, all_boxes: bool = False, max_pixels: int | None = None,
+                    box_threshold: float = BOX_THRESHOLD, all_boxes: bool = False, max_pixels: int | None = None,
                     resize: str | None = None, records_dir: str | Path | None = None,
                     runtime_env: dict[str, Any] | None = None) -> Dataset:
     """A lazy Ray Dataset of records (one per row of ``ds``), explained by an actor pool, one engine per actor.

@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
+from cam_runtime.defaults import BOX_THRESHOLD
+
 from .common import (
     DEFAULT_MODEL,
     EXIT_OK,
@@ -31,7 +33,7 @@ PLOT_FILE = "curves.png"
 
 def run_evaluation(model: Path, images: Path, boxes: Path, methods: list[str], *, device: Device | str = "auto",
                    threads: int | None = None, batch_size: int = 16, steps: int = 32, baseline: str = "blur",
-                   box_threshold: float = 0.2, faithfulness: bool = True, adcc: bool = True,
+                   box_threshold: float = BOX_THRESHOLD, faithfulness: bool = True, adcc: bool = True,
                    road: bool = False, seed: int = 0) -> Any:
     """Load the model and the boxes, then evaluate every method (returns an EvaluationReport)."""
     from cam_runtime.annotations import read_boxes
@@ -98,7 +100,8 @@ def evaluate(
                                        help="Deletion/insertion increments (model passes per curve - 1).")] = 32,
     baseline: Annotated[str, typer.Option("--baseline", help="What removed pixels become: blur or mean.")] = "blur",
     box_threshold: Annotated[float, typer.Option("--box-threshold", min=0.0, max=1.0,
-                                                 help="Map box: largest region ≥ this fraction of the peak.")] = 0.2,
+                                                 help="Map box: largest region ≥ this fraction of the peak.")]
+    = BOX_THRESHOLD,
     no_faithfulness: Annotated[bool, typer.Option("--no-faithfulness",
                                                   help="Only localisation metrics (skip deletion/insertion "
                                                        "and average drop, ADCC, ROAD).")] = False,

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from cam_runtime.defaults import BOX_THRESHOLD
+
 from .common import (
     DEFAULT_MODEL,
     EXIT_OK,
@@ -51,7 +53,7 @@ def explain(
     all_boxes: Annotated[bool, typer.Option("--all-boxes", help="Every connected region, not just the largest.")]
     = False,
     box_threshold: Annotated[float, typer.Option("--box-threshold", min=0.0, max=1.0,
-                                                 help="Box region: map ≥ this fraction of its max.")] = 0.2,
+                                                 help="Box region: map ≥ this fraction of its max.")] = BOX_THRESHOLD,
     save_heatmaps: Annotated[bool, typer.Option("--save-heatmaps", help="Also save each [0, 1] map as .npy.")]
     = False,
     batch_size: BatchSizeOpt = 8,

@@ -14,6 +14,7 @@ from glob import escape as glob_escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cam_runtime.defaults import BOX_THRESHOLD
 from cam_runtime.errors import InvalidArgumentError, OutputExistsError
 from cam_runtime.outputs import IMAGE_FORMATS, OutputLayout, remove_stale_temps, save_npy_atomic, write_image_atomic
 from cam_runtime.outputs import write_text_atomic as _write_text
@@ -46,7 +47,7 @@ class ExplainOptions:
     colormap: str = "jet"
     boxes: bool = True
     all_boxes: bool = False
-    box_threshold: float = 0.2
+    box_threshold: float = BOX_THRESHOLD
     save_heatmaps: bool = False
     batch_size: int = 8
     json_lines: bool = False

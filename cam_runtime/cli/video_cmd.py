@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from cam_runtime.defaults import BOX_THRESHOLD
+
 from .common import (
     DEFAULT_MODEL,
     EXIT_INTERRUPTED,
@@ -79,7 +81,7 @@ class VideoOptions:
     colormap: str = "jet"
     boxes: bool = True
     all_boxes: bool = False
-    box_threshold: float = 0.2
+    box_threshold: float = BOX_THRESHOLD
     codec: str = "auto"
     force: bool = False
     preview: bool | None = None
@@ -319,7 +321,7 @@ def video(
     all_boxes: Annotated[bool, typer.Option("--all-boxes", help="Every connected region, not just the largest.")]
     = False,
     box_threshold: Annotated[float, typer.Option("--box-threshold", min=0.0, max=1.0,
-                                                 help="Box region: map ≥ this fraction of its max.")] = 0.2,
+                                                 help="Box region: map ≥ this fraction of its max.")] = BOX_THRESHOLD,
     codec: Annotated[str, typer.Option("--codec", help="auto (H.264 'avc1' if this OpenCV can encode it, else "
                                                        "'mp4v'), or a FourCC.")] = "auto",
     preview: Annotated[bool | None, typer.Option("--preview/--no-preview", help="Show a window (default: for "
@@ -379,7 +381,7 @@ def stream(
     colormap: Annotated[str, typer.Option("--colormap", help="OpenCV colormap.")] = "jet",
     boxes: Annotated[bool, typer.Option("--boxes/--no-boxes", help="Draw boxes on the overlay.")] = True,
     box_threshold: Annotated[float, typer.Option("--box-threshold", min=0.0, max=1.0,
-                                                 help="Box region: map ≥ this fraction of its max.")] = 0.2,
+                                                 help="Box region: map ≥ this fraction of its max.")] = BOX_THRESHOLD,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds stdin may deliver no byte.")] = 10.0,
     threads: ThreadsOpt = None,
     max_pixels: MaxPixelsOpt = 100_000_000,

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cam_runtime.defaults import BOX_THRESHOLD
 from cam_runtime.engine import CamEngine
 from cam_runtime.errors import InvalidArgumentError, NotReadyError, OverloadedError
 from cam_runtime.imaging import DecodedImage
@@ -34,7 +35,7 @@ class ExplainParams:
     method: str = "cam"
     top_k: int = 1
     classes: tuple[str, ...] | None = None
-    box_threshold: float = 0.2
+    box_threshold: float = BOX_THRESHOLD
     all_boxes: bool = False
     score: str = "logit"
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from cam_runtime.defaults import BOX_THRESHOLD
 from cam_runtime.engine import CamEngine
 from cam_runtime.errors import BadRequestError, InvalidArgumentError
 from cam_runtime.imaging import DecodedImage
@@ -49,7 +50,7 @@ def parse_options(values: Mapping[str, Any], *, images_default: str = "overlay")
         raise InvalidArgumentError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     classes = _classes(values.get("classes", values.get("class")))
     params = ExplainParams(method=str(values.get("method", "cam")).lower(), top_k=_int(values, "top_k", 1),
-                           classes=classes, box_threshold=_float(values, "box_threshold", 0.2),
+                           classes=classes, box_threshold=_float(values, "box_threshold", BOX_THRESHOLD),
                            all_boxes=_bool(values, "all_boxes", False), score=str(values.get("score", "logit")))
     returns = str(values.get("return", "json")).lower()
     if returns not in RETURNS:
