@@ -194,7 +194,7 @@ def _read_labels_arg(labels_path: str | Path | None) -> list[str] | None:
 
 
 def _dense_parameters(head: CamHead) -> tuple[np.ndarray, np.ndarray]:
-    kernel = np.asarray(head.dense.kernel.numpy(), dtype=np.float32)
+    kernel = np.asarray(head.kernel, dtype=np.float32)
     bias = (np.asarray(head.dense.bias.numpy(), dtype=np.float32) if head.dense.use_bias
             else np.zeros(kernel.shape[1], dtype=np.float32))
     return kernel, bias

@@ -1,4 +1,8 @@
-"""Finding the CAM head in a Keras graph: features → GlobalAveragePooling2D → (pass-through) → Dense."""
+"""Finding the CAM head in a Keras graph: features → GlobalAveragePooling2D → (pass-through) → Dense.
+
+A 1×1 Conv2D applied to the pooled vector reshaped to 1×1×C (MobileNet's ``conv_preds``) is the same linear map
+as a Dense layer and is accepted as one: its kernel [1, 1, C, K] is the Dense kernel [C, K].
+"""
 
 from __future__ import annotations
 
@@ -22,6 +26,14 @@ class CamHead:
     dense: Any
     probabilities: Any  # KerasTensor: the model's probability output (or the dense logits, see needs_softmax)
     needs_softmax: bool  # True when the model outputs logits; the exporter appends a softmax
+
+    @property
+    def kernel(self) -> Any:
+        """The classifier's kernel as a [C, K] matrix (a 1×1 Conv2D's [1, 1, C, K] reshaped)."""
+        import numpy as np
+
+        kernel = np.asarray(self.dense.kernel.numpy())
+        return kernel.reshape(kernel.shape[-2], kernel.shape[-1])
 
     @property
     def feature_shape(self) -> tuple[int, int, int]:
@@ -53,6 +65,20 @@ def _activation_name(layer: Any) -> str:
     return getattr(activation, "__name__", str(activation))
 
 
+def _is_pointwise_classifier(layer: Any) -> bool:
+    """A 1×1, stride-1 Conv2D on a 1×1 map: a Dense layer in disguise (MobileNet v1's head)."""
+    if type(layer).__name__ != "Conv2D":
+        return False
+    node = layer._inbound_nodes[0]
+    shape = tuple(node.input_tensors[0].shape) if len(node.input_tensors) == 1 else ()
+    return (tuple(layer.kernel_size) == (1, 1) and tuple(layer.strides) == (1, 1) and len(shape) == 4
+            and shape[1] == 1 and shape[2] == 1 and getattr(layer, "groups", 1) == 1)
+
+
+def _classifier_kind(layer: Any) -> str:
+    return "Dense" if _is_pointwise_classifier(layer) else type(layer).__name__
+
+
 def find_cam_head(model: Any) -> CamHead:
     """Locate features, GAP and Dense, or raise UnsupportedHeadError saying why CAM would not be exact."""
     name = getattr(model, "name", "model")
@@ -61,16 +87,16 @@ def find_cam_head(model: Any) -> CamHead:
         raise UnsupportedHeadError(name, f"the model has {len(outputs)} outputs; expected one classifier output")
     output = outputs[0]
     layer, node = _producer(output)
-    kind = type(layer).__name__
+    kind = _classifier_kind(layer)
     needs_softmax = False
     probabilities = output
     if kind in SOFTMAX_LAYERS or (kind == "Activation" and _activation_name(layer) == "softmax"):
         tensor = _single_input(layer, node, name)
         layer, node = _producer(tensor)
-        kind = type(layer).__name__
+        kind = _classifier_kind(layer)
         while kind in PASS_THROUGH:
             layer, node = _producer(_single_input(layer, node, name))
-            kind = type(layer).__name__
+            kind = _classifier_kind(layer)
         if kind == "Dense" and _activation_name(layer) != "linear":
             raise UnsupportedHeadError(name, f"Dense {layer.name!r} has activation {_activation_name(layer)!r} "
                                              "before the softmax")

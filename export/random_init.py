@@ -75,12 +75,12 @@ def initialise_random_model(keras: Any, model: Any, head: CamHead, batch: np.nda
             setattr(layer, name, value)
     features = np.asarray(keras.Model(model.inputs, head.features)(batch, training=False), dtype=np.float64)
     pooled = features.mean(axis=(1, 2))
-    kernel_shape = tuple(int(d) for d in head.dense.kernel.shape)
+    kernel_shape = tuple(int(d) for d in head.kernel.shape)  # [C, K], also for a 1×1 Conv2D classifier
     rng = np.random.default_rng(seed)
     kernel = rng.standard_normal(kernel_shape)
     logits = pooled @ kernel
     scale = LOGIT_SPREAD / max(float(logits.std()), 1e-30)
     kernel *= scale
-    head.dense.kernel.assign(kernel.astype(np.float32))
+    head.dense.kernel.assign(kernel.reshape(tuple(head.dense.kernel.shape)).astype(np.float32))
     if head.dense.use_bias:
         head.dense.bias.assign((-(pooled @ kernel).mean(axis=0)).astype(np.float32))
