@@ -7,6 +7,11 @@ from pathlib import Path
 from cam_runtime.errors import CamError
 
 
+def short_reason(exc: BaseException) -> str:
+    """An exception as one line of at most 240 characters (for error messages that wrap a library's error)."""
+    text = " ".join(str(exc).split())
+    return (text[:240] + "…") if len(text) > 240 else (text or type(exc).__name__)
+
 class ExportError(CamError):
     """An export could not be completed; nothing was written."""
 

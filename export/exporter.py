@@ -15,7 +15,7 @@ import numpy as np
 from cam_runtime.errors import OutputExistsError
 from cam_runtime.folder_writer import write_model_folder
 from cam_runtime.manifest import InputSpec, Manifest, OutputSpec, Preprocess
-from cam_runtime.model_folder import imagenet_labels, read_labels, sha256_file
+from cam_runtime.model_folder import imagenet_labels, sha256_file
 
 from .architectures import ARCHITECTURES, SUPPORTED, Architecture
 from .errors import (
@@ -27,8 +27,10 @@ from .errors import (
     UnknownArchitectureError,
     WeightsFileError,
     WeightsUnavailableError,
+    short_reason,
 )
 from .heads import CamHead, find_cam_head
+from .labels import read_labels_arg
 from .parity import check_parity
 
 INPUT_NAME = "image"
@@ -77,7 +79,7 @@ def export_model(output: str | Path, *, arch: str = "resnet50", weights: str = "
     output = Path(output)
     if output.exists() and not force:
         raise OutputExistsError(output)
-    labels = _read_labels_arg(labels_path)
+    labels = read_labels_arg(labels_path)
     if model_path is None:
         _architecture(arch)  # an unknown name fails before the slow TensorFlow import
     import_tensorflow_quietly()
@@ -153,10 +155,10 @@ def _build_application(architecture: Architecture, weights: str, input_size: int
             with contextlib.redirect_stdout(sys.stderr):
                 return architecture.build("imagenet", input_size), "imagenet"
         except (OSError, ConnectionError, TimeoutError) as exc:
-            raise WeightsUnavailableError(architecture.name, _short(exc)) from None
+            raise WeightsUnavailableError(architecture.name, short_reason(exc)) from None
         except Exception as exc:  # keras wraps urllib errors in a plain Exception ("URL fetch failure ...")
             if "fetch" in str(exc).lower() or "url" in str(exc).lower():
-                raise WeightsUnavailableError(architecture.name, _short(exc)) from None
+                raise WeightsUnavailableError(architecture.name, short_reason(exc)) from None
             raise
     path = Path(weights)
     if not path.is_file():
@@ -164,7 +166,7 @@ def _build_application(architecture: Architecture, weights: str, input_size: int
     try:
         return architecture.build(str(path), input_size), f"file {path.name} sha256 {sha256_file(path)}"
     except Exception as exc:  # h5py/keras raise many types for a wrong file
-        raise WeightsFileError(path, _short(exc)) from None
+        raise WeightsFileError(path, short_reason(exc)) from None
 
 
 def _load_user_model(path: Path) -> Any:
@@ -178,19 +180,7 @@ def _load_user_model(path: Path) -> Any:
         # safe_mode refuses lambda layers that would run arbitrary code from the file.
         return keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # keras raises ValueError, OSError, zipfile errors, ... for bad files
-        raise KerasModelLoadError(path, _short(exc)) from None
-
-
-def _read_labels_arg(labels_path: str | Path | None) -> list[str] | None:
-    if labels_path is None:
-        return None
-    path = Path(labels_path)
-    if not path.is_file():
-        raise LabelsError(path, "file not found")
-    try:
-        return read_labels(path)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise LabelsError(path, _short(exc)) from None
+        raise KerasModelLoadError(path, short_reason(exc)) from None
 
 
 def _dense_parameters(head: CamHead) -> tuple[np.ndarray, np.ndarray]:
@@ -282,8 +272,3 @@ def _tool_versions() -> dict[str, str]:
 
     return {"tensorflow": tf.__version__, "keras": keras.__version__, "tf2onnx": tf2onnx.__version__,
             "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return (text[:240] + "…") if len(text) > 240 else (text or type(exc).__name__)

@@ -22,7 +22,7 @@ import numpy.typing as npt
 from cam_runtime.errors import OutputExistsError
 from cam_runtime.folder_writer import write_model_folder
 from cam_runtime.manifest import COLOR_ORDERS, LAYOUTS, RESIZE_MODES, InputSpec, OutputSpec, Preprocess
-from cam_runtime.model_folder import imagenet_labels, read_labels, sha256_file
+from cam_runtime.model_folder import imagenet_labels, sha256_file
 
 from .errors import (
     LabelsError,
@@ -31,7 +31,9 @@ from .errors import (
     OnnxModelNotFoundError,
     ParityError,
     UnsupportedOnnxModelError,
+    short_reason,
 )
+from .labels import read_labels_arg
 from .parity import HEAD_ATOL, PROBABILITY_ATOL, softmax
 
 _TORCH_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -354,7 +356,7 @@ def load_onnx(path: Path) -> Any:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and friends
-        raise OnnxModelLoadError(path, f"not an ONNX model ({_short(exc)})") from None
+        raise OnnxModelLoadError(path, f"not an ONNX model ({short_reason(exc)})") from None
     base = path.resolve().parent
     uses_external = False
     for tensor in external_data_helper._get_all_tensors(model):
@@ -372,7 +374,7 @@ def load_onnx(path: Path) -> Any:
         try:
             external_data_helper.load_external_data_for_model(model, str(base))
         except Exception as exc:
-            raise OnnxModelLoadError(path, f"cannot read its external data ({_short(exc)})") from None
+            raise OnnxModelLoadError(path, f"cannot read its external data ({short_reason(exc)})") from None
     # Without external data the file was parsed, so it is under protobuf's limit; ByteSize walks every tensor.
     if uses_external and model.ByteSize() > MAX_PROTO_BYTES:
         raise UnsupportedOnnxModelError(path, "the model is larger than 2 GiB (protobuf's limit for one file)")
@@ -547,7 +549,7 @@ def verify(path: Path, original: str | bytes, extended: bytes, head: DetectedHea
         else:
             reference = before.run([head.output], {input_name: inputs})[0]
     except Exception as exc:
-        raise UnsupportedOnnxModelError(path, f"onnxruntime cannot run the model ({_short(exc)})") from None
+        raise UnsupportedOnnxModelError(path, f"onnxruntime cannot run the model ({short_reason(exc)})") from None
     del before
     try:
         probs, features = _session(extended).run([probabilities, head.features], {input_name: inputs})
@@ -556,7 +558,7 @@ def verify(path: Path, original: str | bytes, extended: bytes, head: DetectedHea
                 "dynamic batch axis (torch.onnx.export(..., dynamic_axes={'input': {0: 'batch'}}))"
                 if fixed_batch else "")
         raise UnsupportedOnnxModelError(path, f"onnxruntime cannot run the extended model{hint} "
-                                              f"({_short(exc)})") from None
+                                              f"({short_reason(exc)})") from None
     reference = np.asarray(reference, dtype=np.float64)
     expected = reference if head.ending == "softmax" else softmax(reference)
     if features.ndim != 4 or probs.ndim != 2:
@@ -626,7 +628,7 @@ def import_onnx(model_path: str | Path, output: str | Path, *, features: str | N
     if output.exists() and not force:
         raise OutputExistsError(output)
     prep = resolve_preprocess(preset, mean=mean, std=std, color_order=color_order, resize=resize)
-    label_list = _labels(labels)
+    label_list = read_labels_arg(labels)
     model = load_onnx(path)
     graph_input = _graph_input(model, path)
     pinned = (size, size) if isinstance(size, int) else size
@@ -661,20 +663,3 @@ def import_onnx(model_path: str | Path, output: str | Path, *, features: str | N
         preprocess=prep, outputs=OutputSpec(probabilities, head.features, head.features_layout),  # type: ignore[arg-type]
         provenance=meta, force=force)
     return output
-
-
-def _labels(labels: str | Path | None) -> list[str] | None:
-    if labels is None:
-        return None
-    path = Path(labels)
-    if not path.is_file():
-        raise LabelsError(path, "file not found")
-    try:
-        return read_labels(path)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise LabelsError(path, _short(exc)) from None
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return (text[:240] + "…") if len(text) > 240 else (text or type(exc).__name__)

@@ -13,8 +13,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("numpy", "cv2", "onnxruntime")
 """Loaded only when something needs them (an engine, an image, a map)."""
-OPTIONAL = ("tensorflow", "keras", "tf2onnx", "onnx", "torch", "fastapi", "uvicorn", "starlette", "ray", "pyarrow",
-            "openvino", "scipy", "PIL", "prometheus_client", "httpx")
+OPTIONAL = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxscript", "torch", "pytorch_grad_cam", "fastapi", "uvicorn",
+            "starlette", "multipart", "ray", "pyarrow", "openvino", "scipy", "PIL", "prometheus_client", "httpx",
+            "selenium")
 """Extras: never imported by the package itself or by the CLI's help."""
 
 
@@ -33,7 +34,8 @@ def test_import_cam_runtime_is_light() -> None:
     assert loaded_after("import cam_runtime; cam_runtime.__version__") == []
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["explain", "--help"], ["evaluate", "--help"], ["--version"]])
+@pytest.mark.parametrize("argv", [["--help"], ["explain", "--help"], ["evaluate", "--help"], ["serve", "--help"],
+                                  ["import", "--help"], ["video", "--help"], ["--version"]])
 def test_cli_help_loads_nothing_heavy(argv: list[str]) -> None:
     code = (f"import sys; sys.argv = ['camr', *{argv!r}]\nfrom cam_runtime.cli import main\n"
             "try:\n    main()\nexcept SystemExit:\n    pass")
