@@ -203,8 +203,9 @@ def _freeze_normalization(keras: Any, model: Any) -> int:
     """
     frozen = 0
     for layer in _all_layers(model):
-        if isinstance(layer, keras.layers.Normalization) and getattr(layer, "input_mean", None) is None \
-                and getattr(layer, "mean", None) is not None:
+        # Adapted layers (EfficientNet) and layers built with a given mean/variance (EfficientNetV2) alike.
+        if isinstance(layer, keras.layers.Normalization) and getattr(layer, "mean", None) is not None \
+                and not isinstance(layer.mean, np.ndarray):
             layer.mean = keras.ops.convert_to_numpy(layer.mean)
             layer.variance = keras.ops.convert_to_numpy(layer.variance)
             frozen += 1

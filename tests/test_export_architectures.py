@@ -49,7 +49,7 @@ def shared_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("arch-exports")
 
 
-def test_size(arch: str) -> int:
+def input_size_for(arch: str) -> int:
     """The architecture's smallest input, except EfficientNet-B1 and larger: at 32 px their 1×1 feature map, with
     random weights, amplifies float32 conversion differences to 1.28e-3 relative (tolerance 1e-3); 64 px: 1.4e-4."""
     if arch.startswith("efficientnet") and arch != "efficientnetb0":
@@ -59,7 +59,7 @@ def test_size(arch: str) -> int:
 
 @pytest.mark.parametrize("arch", SUPPORTED)
 def test_architecture_exports_and_explains(arch: str, shared_tmp: Path, photo_arrays: dict[str, np.ndarray]) -> None:
-    size = test_size(arch)
+    size = input_size_for(arch)
     folder = shared_tmp / arch
     try:
         manifest = export_model(folder, arch=arch, weights="random", input_size=size)
