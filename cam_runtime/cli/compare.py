@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -47,12 +48,12 @@ def run_compare(engine: CamEngine, items: list[InputItem], output: Path, options
     wall_s: dict[str, float] = {}
     for method, run in runs.items():
         if not options.quiet and not options.json_lines:
-            err_console().print(f"[bold]{escape(method)}[/bold] → {escape(str(output / method))}")
+            err_console().print(f"[bold]{escape(method)}[/bold] → {escape(str(output / method))}", soft_wrap=True)
         start = time.perf_counter()
         reports[method] = run_explain(engine, items, output / method, run, model_path=model_path,
                                       json_fields={"method": method})
         wall_s[method] = time.perf_counter() - start
         path = write_compare(reports, wall_s, output, page)
     if not options.quiet and not options.json_lines:
-        err_console().print(f"compare: {path}", markup=False)
+        print(f"compare: {path}", file=sys.stderr, flush=True)
     return max(EXIT_SOME_FAILED if report.summary()["failed"] else EXIT_OK for report in reports.values())
