@@ -16,7 +16,7 @@ and bilinear interpolation commute).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -309,3 +309,17 @@ def get_method(name: str | CamMethod, **options: object) -> CamMethod:
         return cls(**options)  # type: ignore[arg-type]
     except TypeError as exc:
         raise InvalidArgumentError(f"invalid option for method {key!r}: {exc}") from None
+
+
+def resolve_methods(values: Sequence[str]) -> list[str]:
+    """Canonical method names from repeated and/or comma-separated names; ``all`` means every method, in order."""
+    names: list[str] = []
+    for value in values:
+        for token in (part.strip() for part in value.split(",")):
+            if not token:
+                continue
+            found = list(METHODS) if token.lower() == "all" else [get_method(token).name]
+            names += [name for name in found if name not in names]
+    if not names:
+        raise InvalidArgumentError("--method needs a method name (or 'all')")
+    return names

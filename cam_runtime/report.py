@@ -9,6 +9,7 @@ import html
 import io
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -139,6 +140,8 @@ class Report:
     meta: dict[str, Any]
     records: list[dict[str, Any]] = field(default_factory=list)
     thumbs: list[dict[str, Any]] = field(default_factory=list)
+    page: dict[str, Any] = field(default_factory=dict)
+    """What only report.html shows (not in report.json): ``colormap`` for the legend, ``weights`` provenance."""
 
     def add(self, record: dict[str, Any], input_thumb: str = "", overlay_thumbs: Sequence[str] = ()) -> None:
         """Append one record (thumbnails are dropped beyond MAX_EMBEDDED_ROWS to bound memory)."""
@@ -210,10 +213,35 @@ h1{font-size:1.4rem;margin:0 0 .3rem}.meta{color:#555;font-size:.9rem;margin-bot
 table{border-collapse:collapse;width:100%;background:#fff}
 th,td{border:1px solid #ddd;padding:.4rem;vertical-align:top;text-align:left;font-size:.85rem}
 th{background:#f0f0f0}img{max-width:160px;max-height:160px;display:block}
+img.px{image-rendering:pixelated;max-width:none;max-height:none}
 .failed td{background:#fff1f1}.err{color:#a00}.src{word-break:break-all;max-width:18rem}
 .fig{display:inline-block;margin:0 .4rem .4rem 0}.small{color:#666;font-size:.75rem}
 ol{margin:0;padding-left:1.2rem}.cnt b{margin-right:1rem}
+.banner{background:#fff3cd;border:2px solid #d39e00;color:#5c4400;padding:.6rem .8rem;margin:0 0 1rem;font-weight:600}
+.legend{display:flex;align-items:center;gap:.4rem;font-size:.8rem;color:#444;margin:.4rem 0 1rem}
+.legend img.scale{width:256px;height:12px;max-width:none;border:1px solid #999}
+#filter{margin:0 0 .6rem;padding:.3rem;width:20rem;max-width:100%}
+th.sortable{cursor:pointer}th[data-dir=asc]:after{content:" \\25B2"}th[data-dir=desc]:after{content:" \\25BC"}
 """
+
+_SCRIPT = """<script>
+(function(){
+var table=document.getElementById('rows');if(!table)return;var body=table.tBodies[0];
+var box=document.getElementById('filter');box.hidden=false;
+box.addEventListener('input',function(){var q=box.value.toLowerCase();
+Array.prototype.forEach.call(body.rows,function(r){r.hidden=!!q&&r.textContent.toLowerCase().indexOf(q)<0;});});
+Array.prototype.forEach.call(table.querySelectorAll('th[data-key]'),function(h){
+h.classList.add('sortable');h.title='click to sort';
+h.addEventListener('click',function(){var key=h.dataset.key,text=key==='name';
+var dir=h.dataset.dir==='asc'?'desc':'asc';
+Array.prototype.forEach.call(table.querySelectorAll('th[data-dir]'),function(o){delete o.dataset.dir;});
+h.dataset.dir=dir;var rows=Array.prototype.slice.call(body.rows);
+rows.sort(function(a,b){var x=a.dataset[key]||'',y=b.dataset[key]||'';
+var v=text?x.localeCompare(y):parseFloat(x)-parseFloat(y);return dir==='asc'?v:-v;});
+rows.forEach(function(r){body.appendChild(r);});});});
+})();
+</script>"""
+"""Sorting and filtering for the report table; the page is complete without it (the filter box stays hidden)."""
 
 
 def _esc(value: object) -> str:
@@ -224,6 +252,77 @@ def _href(name: str) -> str:
     return quote(name, safe="/")
 
 
+def percent(probability: float) -> str:
+    """A probability as a percentage for display (``12.3%``; ``<0.1%`` for tiny non-zero values)."""
+    if 0.0 < probability < 0.0005:
+        return "<0.1%"
+    return f"{probability * 100:.1f}%"
+
+
+def is_random_weights(weights: object) -> bool:
+    """Whether a manifest's ``weights`` provenance says the model was not trained (``random (seed …)``)."""
+    return isinstance(weights, str) and weights.strip().lower().startswith("random")
+
+
+def random_weights_banner(weights: object) -> str:
+    """The warning banner of a model with random weights ('' for any other model)."""
+    if not is_random_weights(weights):
+        return ""
+    return (f"<div class='banner' role='alert'>Random weights: this model was never trained ({_esc(weights)}), "
+            "so its classes and maps mean nothing. Use it to test the pipeline, not to explain images.</div>")
+
+
+def colormap_legend_uri(colormap: str = "jet", width: int = 256, height: int = 12) -> str:
+    """A PNG ``data:`` URI of the colormap drawn from 0 (left) to 1 (right), as the overlays colour map values."""
+    import cv2
+
+    from .render import colorize
+
+    ramp = np.repeat(np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :], height, axis=0)
+    ok, buffer = cv2.imencode(".png", colorize(ramp, colormap))
+    return "data:image/png;base64," + base64.b64encode(buffer.tobytes()).decode("ascii") if ok else ""
+
+
+def legend_html(colormap: str = "jet") -> str:
+    """The colour-scale legend: the colormap's gradient between its 0 and 1 labels."""
+    uri = colormap_legend_uri(colormap)
+    if not uri:
+        return ""
+    return (f"<div class='legend'><span>colour scale ({_esc(colormap)}):</span><span>0</span>"
+            f"<img class='scale' src='{uri}' alt='{_esc(colormap)} colour scale from 0 to 1'><span>1</span>"
+            "<span>= the map's peak (each map is scaled to its own maximum; negative evidence shows as 0)</span></div>")
+
+
+def short_sources(sources: Sequence[str]) -> tuple[str, list[str]]:
+    """(common folder, each source relative to it) for display; sources that are not paths stay as they are."""
+    pathlike = [s for s in sources if s and not s.startswith("<") and "://" not in s]
+    root = ""
+    if pathlike:
+        try:
+            root = os.path.commonpath([os.path.dirname(os.path.normpath(s)) or "." for s in pathlike])
+        except ValueError:  # absolute and relative paths mixed, or different drives
+            root = ""
+    if root in ("", ".", os.sep):
+        return "", list(sources)
+    return root, [os.path.relpath(s, root) if s in pathlike else s for s in sources]
+
+
+def display_size(width: int, height: int, side: int = THUMB_SIDE) -> tuple[int, int] | None:
+    """(width, height) to show a small image's thumbnail at, scaled up to fit ``side``; None if it is not small."""
+    if max(width, height) >= side or min(width, height) < 1:
+        return None
+    scale = side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def thumb_img(uri: str, alt: str, width: int | None, height: int | None) -> str:
+    """An ``<img>`` of a thumbnail; small images are enlarged, pixelated (no blur), to the thumbnail size."""
+    size = display_size(width, height) if width and height else None
+    if size is None:
+        return f"<img src='{uri}' alt='{_esc(alt)}'>"
+    return f"<img class='px' src='{uri}' alt='{_esc(alt)}' width='{size[0]}' height='{size[1]}'>"
+
+
 def render_html(report: Report, layout: OutputLayout) -> str:
     """The report page; links point only at output files that exist now, as relative URLs."""
     meta, summary = report.meta, report.summary()
@@ -231,36 +330,50 @@ def render_html(report: Report, layout: OutputLayout) -> str:
             f"<meta name='viewport' content='width=device-width,initial-scale=1'>"
             f"<title>cam-runtime report: {_esc(meta.get('model', ''))}</title><style>{_CSS}</style></head><body>")
     info = " · ".join(f"{_esc(k)}: {_esc(meta[k])}" for k in ("model", "method", "device", "created") if k in meta)
+    root, shorts = short_sources([str(r["source"]) for r in report.records])
+    if root:
+        info += f" · inputs under: {_esc(root)}"
     counts = "".join(f"<b>{_esc(k)}: {v}</b>" for k, v in summary.items())
-    parts = [head, "<h1>Class activation maps</h1>", f"<div class='meta'>{info}</div>",
-             f"<div class='cnt'>{counts}</div>", "<p class='small'>Files: <a href='report.json'>report.json</a> · "
+    parts = [head, "<h1>Class activation maps</h1>", random_weights_banner(report.page.get("weights")),
+             f"<div class='meta'>{info}</div>", f"<div class='cnt'>{counts}</div>",
+             legend_html(str(report.page.get("colormap") or "jet")),
+             "<p class='small'>Files: <a href='report.json'>report.json</a> · "
              "<a href='report.csv'>report.csv</a></p>",
-             "<table><thead><tr><th>#</th><th>input</th><th>image</th><th>overlays (click for full size)</th>"
-             "<th>top-k</th><th>boxes (x0,y0,x1,y1)</th><th>timings ms</th></tr></thead><tbody>"]
-    for index, (record, thumbs) in enumerate(zip(report.records, report.thumbs, strict=True), start=1):
-        parts.append(_row(index, record, thumbs, layout))
-    parts.append("</tbody></table></body></html>\n")
+             "<input id='filter' type='search' placeholder='filter rows: name, class, error' "
+             "aria-label='filter rows' hidden>",
+             "<table id='rows'><thead><tr><th data-key='i'>#</th><th data-key='name'>input</th><th>image</th>"
+             "<th>overlays (click for full size)</th><th data-key='p'>top-k</th><th>boxes (x0,y0,x1,y1)</th>"
+             "<th data-key='ms'>timings ms</th></tr></thead><tbody>"]
+    for index, (record, thumbs, short) in enumerate(zip(report.records, report.thumbs, shorts, strict=True), start=1):
+        parts.append(_row(index, record, thumbs, layout, short))
+    parts.append(f"</tbody></table>{_SCRIPT}</body></html>\n")
     return "".join(parts)
 
 
-def _row(index: int, record: dict[str, Any], thumbs: dict[str, Any], layout: OutputLayout) -> str:
-    source = f"<td class='src'>{_esc(record['source'])}"
+def _row(index: int, record: dict[str, Any], thumbs: dict[str, Any], layout: OutputLayout, short: str) -> str:
+    source = f"<td class='src' title='{_esc(record['source'])}'>{_esc(short)}"
     if record.get("resumed"):
         source += "<div class='small'>(from an earlier run)</div>"
     source += "</td>"
+    top1 = record["top_k"][0] if record.get("top_k") else None
+    total_ms = sum((record.get("timings_ms") or {}).values())
+    data = (f" data-i='{index}' data-name='{_esc(short.lower())}' "
+            f"data-p='{top1['probability'] if top1 else -1}' data-ms='{total_ms:.3f}'")
     if record["status"] != "ok":
-        return (f"<tr class='failed'><td>{index}</td>{source}<td colspan='5' class='err'>"
+        return (f"<tr class='failed'{data}><td>{index}</td>{source}<td colspan='5' class='err'>"
                 f"{_esc(record.get('error_type') or 'error')}: {_esc(record.get('error') or '')}</td></tr>")
-    image = f"<img src='{thumbs['input']}' alt='input'>" if thumbs.get("input") else ""
-    image += f"<div class='small'>{record['width']}×{record['height']}</div>"
+    width, height = record.get("width"), record.get("height")
+    image = thumb_img(thumbs["input"], "input", width, height) if thumbs.get("input") else ""
+    image += f"<div class='small'>{width}×{height}</div>"
     figures, boxes = [], []
     overlay_thumbs = thumbs.get("overlays") or []
     for rank, target in enumerate(record["targets"]):
-        caption = f"{_esc(target['label'])} ({target['class_id']}) p={target['probability']:.3f}"
+        caption = (f"{_esc(target['label'])} ({target['class_id']}) "
+                   f"<span title='p={target['probability']:.6g}'>{percent(target['probability'])}</span>")
         name = target.get("overlay")
         exists = bool(name) and layout.path(name).is_file()
         thumb = overlay_thumbs[rank] if rank < len(overlay_thumbs) else ""
-        inner = f"<img src='{thumb}' alt='overlay {rank + 1}'>" if thumb else _esc(name or "")
+        inner = thumb_img(thumb, f"overlay {rank + 1}", width, height) if thumb else _esc(name or "")
         if exists:
             inner = f"<a href='{_href(name)}'>{inner}</a>"
         heat = target.get("heatmap")
@@ -268,9 +381,11 @@ def _row(index: int, record: dict[str, Any], thumbs: dict[str, Any], layout: Out
         figures.append(f"<div class='fig'>{inner}<div class='small'>{caption}{extra}</div></div>")
         box_text = ", ".join(f"({b['x0']},{b['y0']},{b['x1']},{b['y1']})" for b in target["boxes"]) or "none"
         boxes.append(f"<div>{_esc(target['label'])}: {box_text}</div>")
-    top = "".join(f"<li>{_esc(p['label'])} ({p['class_id']}): {p['probability']:.3f}</li>" for p in record["top_k"])
+    top = "".join(f"<li>{_esc(p['label'])} ({p['class_id']}): "
+                  f"<span title='p={p['probability']:.6g}'>{percent(p['probability'])}</span></li>"
+                  for p in record["top_k"])
     timings = "<br>".join(f"{_esc(k)}: {v:.1f}" for k, v in (record.get("timings_ms") or {}).items())
-    return (f"<tr><td>{index}</td>{source}<td>{image}</td><td>{''.join(figures)}</td><td><ol>{top}</ol></td>"
+    return (f"<tr{data}><td>{index}</td>{source}<td>{image}</td><td>{''.join(figures)}</td><td><ol>{top}</ol></td>"
             f"<td>{''.join(boxes)}</td><td class='small'>{timings}</td></tr>")
 
 

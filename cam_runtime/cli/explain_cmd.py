@@ -37,8 +37,11 @@ def explain(
                                                 show_default=False)],
     model: ModelOpt = DEFAULT_MODEL,
     device: DeviceOpt = Device.auto,
-    method: Annotated[str, typer.Option("--method", help="cam, gradcam, gradcam++, hirescam, xgradcam, layercam, "
-                                                         "eigencam or scorecam.")] = "cam",
+    method: Annotated[list[str] | None, typer.Option(
+        "--method", metavar="METHOD", show_default=False,
+        help="cam (default), gradcam, gradcam++, hirescam, xgradcam, layercam, eigencam or scorecam. Several "
+             "(repeat, or comma-separate) or 'all' compare them: OUTPUT/METHOD/ each, plus OUTPUT/compare.html.",
+    )] = None,
     top_k: Annotated[int | None, typer.Option("--top-k", "-k", min=1, show_default=False,
                                               help="Explain the k most probable classes (default: 1).")] = None,
     classes: Annotated[list[str] | None, typer.Option("--class", "-c", help="Explain this class (id or label) "
@@ -78,19 +81,29 @@ def explain(
 ) -> None:
     """Explain images: overlays named after the inputs, report.json / report.csv / report.html in the output folder.
 
+    With several methods each gets its own subfolder and compare.html shows them side by side.
+
     Exit status: 0 all inputs done, 1 some inputs failed (listed in the report), 2 usage or model error.
     A video file or stream URL (one per run) is explained by ``camr video`` (see its --help).
     """
     from cam_runtime.errors import InvalidArgumentError
+    from cam_runtime.methods import resolve_methods
 
     from . import video_cmd
 
+    raw_methods = method or ["cam"]
+    # One plain name takes exactly the single-method path of before (its errors included); lists are resolved here.
+    several = len(raw_methods) > 1 or "," in raw_methods[0] or raw_methods[0].strip().lower() == "all"
+    methods = resolve_methods(raw_methods) if several else raw_methods
+    if len(methods) > 1 and (ray_address is not None or any(video_cmd.is_video_argument(i) for i in inputs)):
+        raise InvalidArgumentError("several methods (--method a,b or all) compare images; a video or --ray run "
+                                   "takes one --method")
     if any(video_cmd.is_video_argument(i) for i in inputs):
         if len(inputs) != 1 or json_lines or skip_existing or save_heatmaps:
             raise InvalidArgumentError("a video is explained alone (one input) and without --json, "
                                        "--skip-existing or --save-heatmaps (see camr video --help)")
         video_options = video_cmd.VideoOptions(
-            method=method, top_k=top_k or 1, classes=list(classes) if classes else None, every=every, start=start,
+            method=methods[0], top_k=top_k or 1, classes=list(classes) if classes else None, every=every, start=start,
             end=end, smooth=smooth, batch_size=batch_size, alpha=alpha, colormap=colormap, boxes=boxes,
             all_boxes=all_boxes, box_threshold=box_threshold, force=force, quiet=quiet)
         video_options.validate()
@@ -105,12 +118,14 @@ def explain(
     if classes and top_k is not None:
         raise InvalidArgumentError("--top-k and --class exclude each other (--class explains exactly the classes "
                                    "named)")
-    options = ExplainOptions(method=method, top_k=top_k or 1, classes=list(classes) if classes else None,
+    options = ExplainOptions(method=methods[0], top_k=top_k or 1, classes=list(classes) if classes else None,
                              image_format=image_format, alpha=alpha, colormap=colormap, boxes=boxes,
                              all_boxes=all_boxes, box_threshold=box_threshold, save_heatmaps=save_heatmaps,
                              batch_size=batch_size, json_lines=json_lines, force=force,
                              skip_existing=skip_existing, quiet=quiet)
     options.validate()
+    if len(methods) == 1:
+        methods = [options.method]
     if ray_address is not None:
         from .ray_cmd import run_ray_explain
 
@@ -118,7 +133,11 @@ def explain(
                                          threads=threads, max_pixels=max_pixels, resize=resize, recursive=recursive))
     items = collect_inputs(inputs, recursive=recursive)
     engine = load_engine(model, device, threads, max_pixels=max_pixels, resize=resize)
-    if options.method == "scorecam" and not json_lines:
+    if "scorecam" in methods and not json_lines:
         warn_line(SCORECAM_SLOW)
+    if len(methods) > 1:
+        from .compare import run_compare
+
+        raise typer.Exit(run_compare(engine, items, output, options, methods, model_path=model))
     report = run_explain(engine, items, output, options, model_path=model)
     raise typer.Exit(EXIT_SOME_FAILED if report.summary()["failed"] else EXIT_OK)

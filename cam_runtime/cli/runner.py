@@ -135,9 +135,21 @@ def _load_done(layout: OutputLayout, key: str, expected: list[str]) -> dict[str,
     return record
 
 
+def first_existing_output(items: list[InputItem], output: Path, options: ExplainOptions) -> Path | None:
+    """The first file a run of ``items`` into ``output`` would write that exists already (None: all absent)."""
+    layout = OutputLayout(output, options.image_format)
+    names = list(layout.REPORT_FILES)
+    for item in items:
+        names += layout.planned(layout.allocate(item.relative), options.targets_per_image, options.save_heatmaps)
+    return next((layout.path(name) for name in names if layout.path(name).exists()), None)
+
+
 def run_explain(engine: CamEngine, items: list[InputItem], output: Path, options: ExplainOptions, *,
-                model_path: Path | None = None) -> Report:
-    """Explain ``items`` into ``output``; returns the report (already written as json/csv/html)."""
+                model_path: Path | None = None, json_fields: dict[str, Any] | None = None) -> Report:
+    """Explain ``items`` into ``output``; returns the report (already written as json/csv/html).
+
+    ``json_fields`` are added to each ``--json`` line (not to the files), e.g. the method when comparing methods.
+    """
     options.validate()
     if options.classes:
         for spec in options.classes:
@@ -171,7 +183,7 @@ def run_explain(engine: CamEngine, items: list[InputItem], output: Path, options
             "device": engine.providers[0] if engine.providers else None, "method": options.method,
             "top_k": options.top_k, "classes": options.classes, "image_format": options.image_format,
             "output": str(layout.root)}
-    report = Report(meta)
+    report = Report(meta, page={"colormap": options.colormap, "weights": engine.manifest.provenance.get("weights")})
     todo = [(item, key) for item, key in zip(items, keys, strict=True) if key not in done]
     stream = engine.iter_explain(
         (item.engine_input for item, _ in todo), method=options.method, top_k=options.top_k,
@@ -192,7 +204,8 @@ def run_explain(engine: CamEngine, items: list[InputItem], output: Path, options
                     record, input_thumb, thumbs = _write_outputs(outcome, item, key, layout, options)
                     report.add(record, input_thumb, thumbs)
                 if options.json_lines:
-                    sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    line = {**record, **json_fields} if json_fields else record
+                    sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
                     sys.stdout.flush()
                 advance(item.source)
         except BaseException:
