@@ -7,12 +7,11 @@ LayerNorm, a user's hidden Dense layer) no closed form exists, so the folder car
 * ``gradient.onnx``: features ``[N, h, w, C]`` and logit directions ``v [N, T, K]`` →
   ``gradients [N, T, h, w, C] = ∂(Σ_k v_k z_k)/∂features`` (one vector-Jacobian product per target).
 
-``head.onnx`` is the Keras layers traced in a ``tf.function``; ``gradient.onnx`` is the head's
-vector-Jacobian product written with forward ops (:mod:`export.gradients`, since TensorFlow's gradient kernels
-have no ONNX form). Both are converted with tf2onnx, then verified against ``tf.GradientTape`` on the whole Keras model. The probability score needs no
-second graph: by the chain rule ``∂p_c/∂A = ∂(Σ_k u_k z_k)/∂A`` with ``u = p ∘ e_c − p p_c`` (the softmax
-Jacobian applied to the direction), which the runtime forms from the head's probabilities.
-"""
+``head.onnx`` is the Keras layers traced in a ``tf.function``; ``gradient.onnx`` is the head's vector-Jacobian
+product written with forward ops (:mod:`export.gradients`, since TensorFlow's gradient kernels have no ONNX
+form). Both are converted with tf2onnx, then verified against ``tf.GradientTape`` on the whole Keras model. The
+probability score needs no second graph: by the chain rule ``∂p_c/∂A = ∂(Σ_k u_k z_k)/∂A`` with ``u = p ∘ e_c −
+p p_c`` (the softmax Jacobian applied to the direction), which the runtime forms from the head's probabilities."""
 
 from __future__ import annotations
 
@@ -263,7 +262,7 @@ def check_head_graphs(model: Any, head: GraphHead, graphs: HeadGraphs, inputs: n
         worst = 0.0
         for class_id in classes:
             features, expected = tape_gradients(model, head, inputs, class_id, score)
-            logits, probs = head_session.run([LOGITS_OUTPUT, PROBABILITIES_OUTPUT], {FEATURES_INPUT: features})
+            _logits, probs = head_session.run([LOGITS_OUTPUT, PROBABILITIES_OUTPUT], {FEATURES_INPUT: features})
             head_err = max(head_err, float(np.abs(probs.astype(np.float64) - keras_probabilities).max()))
             direction = np.zeros((features.shape[0], 1, num_classes), np.float32)
             direction[:, 0, class_id] = 1.0
