@@ -283,3 +283,87 @@ def check_head_graphs(model: Any, head: GraphHead, graphs: HeadGraphs, inputs: n
     return GradientParity(samples=int(inputs.shape[0]), classes=classes, scores=["logit", "probability"],
                           head_probabilities_max_abs=head_err, gradient_max_rel=errors,
                           tolerances={"gradient_rtol": GRADIENT_RTOL, "head_probabilities_atol": HEAD_PROBABILITY_ATOL})
+
+
+def locate_head(model: Any, kind: str = "auto") -> GraphHead | None:
+    """The graph head to export, or None where the linear GAP → Dense export applies.
+
+    "auto": None for a GAP → Dense head, else the graph head (or the reason it cannot be differentiated);
+    "linear": always None (the linear export refuses other heads); "graph": the graph head, whatever it is.
+    """
+    from .heads import find_cam_head
+
+    if kind not in ("auto", "linear", "graph"):
+        raise ValueError(f"head kind must be auto, linear or graph, got {kind!r}")
+    if kind == "linear":
+        return None
+    if kind == "auto":
+        try:
+            find_cam_head(model)
+            return None
+        except UnsupportedHeadError:
+            pass
+    head = find_graph_head(model)
+    check_supported(head.layers, getattr(model, "name", "model"), head.strip_activation)
+    return head
+
+
+def export_graph_head(model: Any, head: GraphHead, output: str | Path, *, labels: list[str] | None,
+                      labels_path: str | Path | None, name: str, prep: Any, opset: int, force: bool,
+                      meta: dict[str, Any], imagenet_default: bool) -> Any:
+    """Convert the backbone (probabilities + features), the head and its gradient; verify all three; write."""
+    import keras
+
+    from cam_runtime.folder_writer import write_model_folder
+    from cam_runtime.manifest import HeadSpec, InputSpec, OutputSpec
+    from cam_runtime.model_folder import imagenet_labels
+
+    from . import exporter
+    from .errors import LabelsError
+    from .parity import FEATURE_RTOL, PROBABILITY_ATOL, softmax
+
+    num_classes = int(head.probabilities.shape[-1])
+    if labels is None and imagenet_default and num_classes == 1000:
+        labels = imagenet_labels()
+    if labels is not None and len(labels) != num_classes:
+        raise LabelsError(labels_path or "(ImageNet labels)",
+                          f"has {len(labels)} lines but the model has {num_classes} classes")
+    height, width = (int(d) for d in model.inputs[0].shape[1:3])
+    model_bytes = exporter._convert(keras, model, head, height, width, opset)
+    graphs = convert_head(head, num_classes, opset)
+
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(exporter.PARITY_SEED)
+    pixels = rng.uniform(0, 255, (exporter.PARITY_SAMPLES, height, width, 3)).astype(np.float32)
+    inputs = ((pixels - np.asarray(prep.mean, np.float32)) / np.asarray(prep.std, np.float32)).astype(np.float32)
+    probs_k, feats_k = (np.asarray(t) for t in exporter._two_output_model(keras, model, head)([inputs],
+                                                                                               training=False))
+    if head.needs_softmax:
+        probs_k = softmax(probs_k).astype(np.float32)
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    probs_o, feats_o = session.run([exporter.PROBABILITIES_NAME, exporter.FEATURES_NAME],
+                                   {exporter.INPUT_NAME: inputs})
+    prob_err = float(np.abs(probs_k.astype(np.float64) - probs_o).max())
+    scale = float(np.abs(feats_k).max())
+    feat_abs = float(np.abs(feats_k.astype(np.float64) - feats_o).max())
+    feat_rel = feat_abs / scale if scale > 0 else feat_abs
+    if not prob_err <= PROBABILITY_ATOL:
+        raise ParityError("ONNX and Keras probabilities", prob_err, PROBABILITY_ATOL)
+    if not feat_rel <= FEATURE_RTOL:
+        raise ParityError("ONNX and Keras features (relative to their scale)", feat_rel, FEATURE_RTOL)
+    gradient_parity = check_head_graphs(model, head, graphs, inputs, probs_k, num_classes)
+    parity = {"samples": int(inputs.shape[0]), "seed": exporter.PARITY_SEED, "probabilities_max_abs": prob_err,
+              "features_max_abs": feat_abs, "features_max_rel": feat_rel,
+              "tolerances": {"probabilities_atol": PROBABILITY_ATOL, "features_rtol": FEATURE_RTOL},
+              "head_graphs": gradient_parity.to_dict()}
+    producer = head.features._keras_history.operation
+    provenance = {**meta, "feature_layer": f"{producer.name}.output", "head_layers": head.describe(),
+                  "feature_shape": list(head.feature_shape), "opset": opset, "softmax_appended": head.needs_softmax,
+                  "gradient_graph": "vector-Jacobian product with forward ops (export/gradients.py)",
+                  "tool_versions": exporter._tool_versions(), "parity": parity}
+    return write_model_folder(
+        output, model=model_bytes, weights=None, bias=None, labels=labels, name=name,
+        input_spec=InputSpec(exporter.INPUT_NAME, "NHWC", height, width), preprocess=prep,
+        outputs=OutputSpec(exporter.PROBABILITIES_NAME, exporter.FEATURES_NAME, "NHWC"), provenance=provenance,
+        force=force, graph_head=(graphs.head, graphs.gradient), head_spec=HeadSpec(), num_classes=num_classes)
