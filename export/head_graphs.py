@@ -337,7 +337,8 @@ def export_graph_head(model: Any, head: GraphHead, output: str | Path, *, labels
         raise LabelsError(labels_path or "(ImageNet labels)",
                           f"has {len(labels)} lines but the model has {num_classes} classes")
     height, width = (int(d) for d in model.inputs[0].shape[1:3])
-    model_bytes = exporter._convert(keras, model, head, height, width, opset)
+    backbone: Any = head  # duck-typed like heads.CamHead: features, probabilities, needs_softmax
+    model_bytes = exporter._convert(keras, model, backbone, height, width, opset)
     graphs = convert_head(head, num_classes, opset)
 
     import onnxruntime as ort
@@ -345,7 +346,7 @@ def export_graph_head(model: Any, head: GraphHead, output: str | Path, *, labels
     rng = np.random.default_rng(exporter.PARITY_SEED)
     pixels = rng.uniform(0, 255, (exporter.PARITY_SAMPLES, height, width, 3)).astype(np.float32)
     inputs = ((pixels - np.asarray(prep.mean, np.float32)) / np.asarray(prep.std, np.float32)).astype(np.float32)
-    probs_k, feats_k = (np.asarray(t) for t in exporter._two_output_model(keras, model, head)([inputs],
+    probs_k, feats_k = (np.asarray(t) for t in exporter._two_output_model(keras, model, backbone)([inputs],
                                                                                                training=False))
     if head.needs_softmax:
         probs_k = softmax(probs_k).astype(np.float32)
