@@ -15,7 +15,8 @@ import numpy.typing as npt
 
 from . import device_maps as dm
 from .boxes import DEFAULT_THRESHOLD, boxes_from_map
-from .errors import CamError, GraphMismatchError, InvalidArgumentError, UnknownClassError
+from .errors import CamError, GraphMismatchError, HeadKindError, InvalidArgumentError, UnknownClassError
+from .heads import GraphHead, Head, LinearHead
 from .imaging import (
     DEFAULT_MAX_PIXELS,
     AlphaMode,
@@ -66,7 +67,8 @@ class CamEngine:
     """Explains images with a model folder; thread-safe (onnxruntime sessions allow concurrent ``run``)."""
 
     def __init__(self, folder: ModelFolder, session: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 resize: str | None = None, device_maps: bool = False, io_binding: bool = False) -> None:
+                 resize: str | None = None, device_maps: bool = False, io_binding: bool = False,
+                 head: Head | None = None) -> None:
         self.folder = folder
         self.manifest = folder.manifest
         self.session = session
@@ -78,6 +80,9 @@ class CamEngine:
             self._label_index.setdefault(normalise_label(label), []).append(i)
         self.device_maps = device_maps
         """True when the session has the on-device CAM outputs (see :mod:`cam_runtime.device_maps`)."""
+        self.head: Head = head if head is not None else LinearHead(folder.linear_weights("a linear head"),
+                                                                   folder.bias)
+        """What follows the features: the dense head (closed forms) or the folder's head graph."""
         self._validate_graph()
         if device_maps:
             missing = {dm.MAPS, dm.CLASSES} - {o.name for o in session.get_outputs()}
@@ -126,10 +131,12 @@ class CamEngine:
         on_cuda = provider_name(session_providers[0]) == CUDA
         if on_cuda:
             preload_cuda_libraries(ort)
-        use_maps = device_maps is True or (device_maps == "auto" and on_cuda)
+        if device_maps is True and not folder.is_linear:
+            raise HeadKindError("device_maps (CAM appended to the graph)")
+        use_maps = device_maps is True or (device_maps == "auto" and on_cuda and folder.is_linear)
         model: str | bytes = str(folder.model_path)
         if use_maps:
-            model = dm.extend_model(folder.model_path, folder.manifest, folder.weights)
+            model = dm.extend_model(folder.model_path, folder.manifest, folder.linear_weights("device_maps"))
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or default_threads()
@@ -145,8 +152,21 @@ class CamEngine:
             raise GraphMismatchError(f"onnxruntime cannot load {folder.model_path.name}: "
                                      f"{str(exc).strip().splitlines()[0][:300]}") from None
         warn_on_fallback(session_providers, session.get_providers())
+        head = None
+        if folder.manifest.head is not None:
+            sessions = []
+            for role in ("head", "gradient"):
+                try:
+                    sessions.append(ort.InferenceSession(str(folder.path_of(role)), sess_options=options,
+                                                         providers=session_providers))
+                except Exception as exc:  # onnxruntime's own exception types for bad graphs
+                    raise GraphMismatchError(f"onnxruntime cannot load {folder.path_of(role).name}: "
+                                             f"{str(exc).strip().splitlines()[0][:300]}") from None
+            head = GraphHead(sessions[0], sessions[1], folder.manifest.head, folder.manifest.outputs.features_layout,
+                             folder.manifest.num_classes)
         engine = cls(folder, session, max_pixels=max_pixels, resize=resize, device_maps=use_maps,
-                     io_binding=io_binding is True or (io_binding == "auto" and session.get_providers()[0] == CUDA))
+                     io_binding=io_binding is True or (io_binding == "auto" and session.get_providers()[0] == CUDA),
+                     head=head)
         if warmup:
             try:
                 engine.warmup()
@@ -182,15 +202,26 @@ class CamEngine:
                                      f"{self.manifest.num_classes}]")
         feat_shape = outputs[self.manifest.outputs.features]
         channel_axis = 1 if self.manifest.outputs.features_layout == "NCHW" else 3
-        if len(feat_shape) != 4 or (isinstance(feat_shape[channel_axis], int)
-                                    and feat_shape[channel_axis] != self.folder.num_channels):
+        channels = self.folder.num_channels or (self.head.channels if isinstance(self.head, GraphHead) else 0)
+        source = "the rows of the dense weights" if self.folder.is_linear else "the head graph's input"
+        if len(feat_shape) != 4 or (isinstance(feat_shape[channel_axis], int) and channels
+                                    and feat_shape[channel_axis] != channels):
             raise GraphMismatchError(f"features output has shape {feat_shape}, expected 4-D with "
-                                     f"{self.folder.num_channels} channels (the rows of the dense weights)")
+                                     f"{channels} channels ({source})")
+        if isinstance(self.head, GraphHead):
+            spatial = [feat_shape[2], feat_shape[3]] if channel_axis == 1 else [feat_shape[1], feat_shape[2]]
+            for got, want in zip(spatial, self.head.feature_shape[:2], strict=True):
+                if isinstance(got, int) and want and got != want:
+                    raise GraphMismatchError(f"features output has shape {feat_shape} but the head graph expects "
+                                             f"(h, w, C) = {self.head.feature_shape}")
 
     def warmup(self) -> None:
         """One run on a zero batch, so the first real image does not pay for lazy initialisation."""
         zeros = np.zeros((1, *self._input_shape()), dtype=np.float32)
-        self.run(zeros)
+        _, features = self.run(zeros)
+        if isinstance(self.head, GraphHead):
+            self.head.forward(features)
+            self.head.logit_gradients(features, np.zeros((1, 1, self.num_classes), np.float32))
         if self.device_maps:
             self.run_device_maps(zeros, 1)
 
@@ -270,7 +301,7 @@ class CamEngine:
         CAM itself, and Grad-CAM / HiResCAM with score = logit, which equal ReLU(CAM)/(h·w) for a GAP head;
         only for top-k targets (``classes`` None).
         """
-        if not self.device_maps or classes is not None:
+        if not self.device_maps or classes is not None or not self.head.linear:
             return None
         if type(method) is CAM:
             return _identity
@@ -556,13 +587,14 @@ class CamEngine:
             else:
                 per_image_total = len(good_positions) if _is_per_image(classes) else None
                 if _has_target_objects(classes):
-                    logits = features.mean(axis=(1, 2)) @ self.folder.weights + self.folder.bias
+                    logits = self.head.logits(features)
                     targets, directions, fixed, target_labels = self._resolve_objects(
                         probs, logits, per_image_classes, total=per_image_total)
-                    head = HeadInputs(features, probs, self.folder.weights, targets, directions, fixed)
+                    head = HeadInputs(features, probs, self.folder.weights, targets, directions, fixed,
+                                      head=self.head)
                 else:
                     targets = self.resolve_targets(probs, per_image_classes, top_k, total=per_image_total)
-                    head = HeadInputs(features, probs, self.folder.weights, targets)
+                    head = HeadInputs(features, probs, self.folder.weights, targets, head=self.head)
                 if isinstance(cam_method, ScoreCAM):
                     # bind() stores per-call state: a private copy keeps a caller's ScoreCAM safe to share.
                     cam_method = copy.copy(cam_method).bind(batch, self.manifest.input.layout,

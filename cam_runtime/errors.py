@@ -213,6 +213,16 @@ class InvalidArgumentError(CamError, ValueError):
     """A public function was called with an invalid argument."""
 
 
+class HeadKindError(InvalidArgumentError):
+    """Something defined only for a linear GAP → Dense head was asked of a model with a graph head."""
+
+    def __init__(self, purpose: str) -> None:
+        super().__init__(
+            f"{purpose} is defined only for a GAP → Dense head (class weights per channel); this model has a "
+            "non-linear head graph: use gradcam, gradcam++, hirescam, xgradcam, layercam (exact gradients), "
+            "or scorecam, ablationcam, reciprocam, eigencam (forward only)")
+
+
 class UnknownMethodError(InvalidArgumentError):
     """The requested CAM method does not exist."""
 

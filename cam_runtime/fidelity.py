@@ -95,7 +95,7 @@ def compare_on(reference: CamEngine, candidate: CamEngine, batch: npt.NDArray[np
     top_ref = probs_ref.argmax(axis=1)
     top_new = probs_new.argmax(axis=1)
     classes = top_ref[:, None].astype(np.intp)
-    weights = reference.folder.weights
+    weights = reference.folder.linear_weights("the fidelity report's CAM comparison")
     maps_ref = weighted_sum(feats_ref, weights.T[classes])[:, 0]
     maps_new = weighted_sum(feats_new, weights.T[classes])[:, 0]
     correlations, ious = [], []

@@ -35,9 +35,11 @@ class ModelFiles:
     """Relative paths of the files a model folder holds."""
 
     model: str
-    weights: str
+    weights: str | None = None
     bias: str | None = None
     labels: str | None = None
+    head: str | None = None
+    gradient: str | None = None
 
     def present(self) -> dict[str, str]:
         """Role → relative path for the files that exist in this folder."""
@@ -73,6 +75,26 @@ class OutputSpec:
     features_layout: Layout = "NHWC"
 
 
+HEAD_KINDS: tuple[str, ...] = ("linear", "graph")
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """A non-linear head (``"head": {"kind": "graph", ...}``): tensor names inside ``files.head``/``files.gradient``.
+
+    ``head.onnx`` maps ``features_input`` (laid out as ``outputs.features_layout``) to ``logits`` and
+    ``probabilities`` [N, K]; ``gradient.onnx`` maps ``features_input`` and ``directions_input`` [N, T, K] to
+    ``gradients`` = ∂(Σ_k directions_tk · logits_k)/∂features, [N, T, *feature dims].
+    """
+
+    kind: Literal["graph"] = "graph"
+    features_input: str = "features"
+    directions_input: str = "directions"
+    logits: str = "logits"
+    probabilities: str = "probabilities"
+    gradients: str = "gradients"
+
+
 @dataclass(frozen=True)
 class Manifest:
     """A parsed, validated ``manifest.json``."""
@@ -87,6 +109,8 @@ class Manifest:
     format: str = FORMAT_NAME
     format_version: int = 1
     provenance: dict[str, Any] = field(default_factory=dict)
+    head: HeadSpec | None = None
+    """None: the linear GAP → Dense head of ``files.weights`` (every folder written before heads existed)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-serialisable form, with the documented key order."""
@@ -102,6 +126,8 @@ class Manifest:
             "num_classes": self.num_classes,
             "sha256": dict(self.sha256),
         }
+        if self.head is not None:
+            data["head"] = asdict(self.head)
         data.update(self.provenance)
         return data
 
@@ -115,7 +141,7 @@ _MAX_PIXEL_CONSTANT = 1e6
 _MIN_STD = 1e-6
 
 _CORE_KEYS = {"format", "format_version", "name", "files", "input", "preprocess", "outputs",
-              "num_classes", "sha256"}
+              "num_classes", "sha256", "head"}
 
 
 def check_relative_path(name: str) -> str:
@@ -138,12 +164,20 @@ def parse_manifest(data: object, source: str | Path = MANIFEST_FILENAME) -> Mani
                                                              SUPPORTED_FORMAT_VERSIONS])
     reader = _Reader(data, source)
     files_obj = reader.obj("files")
+    head = _head_spec(reader, data.get("head"))
     files = ModelFiles(
         model=reader.path(files_obj, "model"),
-        weights=reader.path(files_obj, "weights"),
+        weights=reader.path(files_obj, "weights") if head is None else _optional_path(reader, files_obj, "weights"),
         bias=_optional_path(reader, files_obj, "bias"),
         labels=_optional_path(reader, files_obj, "labels"),
+        head=reader.path(files_obj, "head") if head is not None else _optional_path(reader, files_obj, "head"),
+        gradient=(reader.path(files_obj, "gradient") if head is not None
+                  else _optional_path(reader, files_obj, "gradient")),
     )
+    if head is not None and files.weights is not None:
+        raise ManifestError(source, "a graph head has no dense weights: 'files.weights' must be null")
+    if head is None and (files.head is not None or files.gradient is not None):
+        raise ManifestError(source, "'files.head'/'files.gradient' need a \"head\": {\"kind\": \"graph\"} section")
     inp = reader.obj("input")
     input_spec = InputSpec(
         name=reader.string(inp, "name", "input.name"),
@@ -180,7 +214,7 @@ def parse_manifest(data: object, source: str | Path = MANIFEST_FILENAME) -> Mani
     provenance = {k: v for k, v in data.items() if k not in _CORE_KEYS}
     return Manifest(name=name, files=files, input=input_spec, preprocess=preprocess, outputs=outputs,
                     num_classes=num_classes, sha256={k: v.lower() for k, v in sha.items()},
-                    format=fmt, format_version=int(version), provenance=provenance)
+                    format=fmt, format_version=int(version), provenance=provenance, head=head)
 
 
 def read_manifest(folder: str | Path) -> Manifest:
@@ -218,6 +252,22 @@ def _read_small_text(path: Path, limit: int) -> str:
     if len(data) > limit:
         raise ValueError(f"more than the {limit} bytes allowed")
     return data.decode("utf-8")
+
+
+def _head_spec(reader: _Reader, value: object) -> HeadSpec | None:
+    """The optional ``head`` section; absent or kind "linear" is the dense head of ``files.weights``."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise reader.fail("'head' must be an object")
+    kind = value.get("kind")
+    if kind not in HEAD_KINDS:
+        raise reader.fail(f"'head.kind' is {kind!r}; this runtime knows {', '.join(HEAD_KINDS)}")
+    if kind == "linear":
+        return None
+    names = {key: reader.string(value, key, f"head.{key}") if key in value else default
+             for key, default in asdict(HeadSpec()).items() if key != "kind"}
+    return HeadSpec("graph", **names)
 
 
 def _optional_path(reader: _Reader, obj: dict[str, Any], key: str) -> str | None:

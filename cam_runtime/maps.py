@@ -34,7 +34,10 @@ def normalize(heatmap: npt.NDArray[np.float32], *, inplace: bool = False) -> npt
         out = cast("npt.NDArray[np.float32]", cv2.threshold(heatmap, 0.0, 0.0, cv2.THRESH_TOZERO, dst=heatmap)[1])
     else:
         out = np.maximum(heatmap, 0.0)
-    out *= np.float32(1.0 / peak)
+    if peak < np.finfo(np.float32).tiny:  # 1/peak would overflow float32: divide instead of multiplying
+        out /= np.float32(peak)
+    else:
+        out *= np.float32(1.0 / peak)
     return out.astype(np.float32, copy=False)
 
 

@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from .errors import (
     ChecksumMismatchError,
+    HeadKindError,
     ModelFileNotFoundError,
     ModelFolderNotFoundError,
     UnsafePathError,
@@ -135,9 +136,12 @@ class ModelFolder:
 
     root: Path
     manifest: Manifest
-    weights: npt.NDArray[np.float32]
+    weights: npt.NDArray[np.float32] | None
+    """Dense kernel [C, K] of a linear head; None for a graph head (``manifest.head``)."""
     bias: npt.NDArray[np.float32]
     labels: tuple[str, ...]
+    channels: int = 0
+    """C, the number of feature channels (from the weights, or the head graph's input for a graph head)."""
 
     @property
     def model_path(self) -> Path:
@@ -146,8 +150,26 @@ class ModelFolder:
 
     @property
     def num_channels(self) -> int:
-        """Number of feature channels C."""
-        return int(self.weights.shape[0])
+        """Number of feature channels C (0 when unknown: a graph head before its session is opened)."""
+        return int(self.weights.shape[0]) if self.weights is not None else self.channels
+
+    @property
+    def is_linear(self) -> bool:
+        """True for the GAP → Dense head (closed forms); False for a graph head."""
+        return self.manifest.head is None
+
+    def linear_weights(self, purpose: str) -> npt.NDArray[np.float32]:
+        """The dense kernel, or a clear error saying ``purpose`` needs a linear (GAP → Dense) head."""
+        if self.weights is None:
+            raise HeadKindError(purpose)
+        return self.weights
+
+    def path_of(self, role: str) -> Path:
+        """Absolute path of a file named in ``files`` (model, head, gradient, …)."""
+        name = self.manifest.files.present().get(role)
+        if name is None:
+            raise ModelFileNotFoundError(self.root / f"<{role}>")
+        return self.root / name
 
     @classmethod
     def load(cls, folder: str | Path, *, verify_checksums: bool = True) -> ModelFolder:
@@ -162,7 +184,7 @@ class ModelFolder:
                 raise ModelFileNotFoundError(path)
         contents: dict[str, bytes] = {}
         for role, path in resolved.items():
-            if role == "model":
+            if role in ("model", "head", "gradient"):  # graphs: hashed here, opened by onnxruntime later
                 actual = sha256_file(path) if verify_checksums else ""
             else:
                 # The small files are hashed and parsed from the same bytes, so a swap after the check is useless.
@@ -171,10 +193,12 @@ class ModelFolder:
             expected = manifest.sha256[manifest.files.present()[role]]
             if verify_checksums and actual != expected:
                 raise ChecksumMismatchError(path, expected, actual)
-        weights = npy_float32_from_bytes(contents["weights"], resolved["weights"].name, "weights")
         k = manifest.num_classes
-        if weights.ndim != 2 or weights.shape[1] != k:
-            raise WeightsError(f"weights must have shape [C, {k}] (num_classes={k}), found {list(weights.shape)}")
+        weights = None
+        if "weights" in resolved:
+            weights = npy_float32_from_bytes(contents["weights"], resolved["weights"].name, "weights")
+            if weights.ndim != 2 or weights.shape[1] != k:
+                raise WeightsError(f"weights must have shape [C, {k}] (num_classes={k}), found {list(weights.shape)}")
         if "bias" in resolved:
             bias = npy_float32_from_bytes(contents["bias"], resolved["bias"].name, "bias")
             if bias.shape != (k,):

@@ -128,6 +128,8 @@ def finish_variant(source: CamEngine, model_path: Path, output: str | Path, *, v
     }
     written = write_model_folder(
         output, model=model_path, weights=folder.weights,
+        graph_head=None if folder.is_linear else (folder.path_of("head"), folder.path_of("gradient")),
+        head_spec=manifest.head, num_classes=manifest.num_classes,
         bias=folder.bias if manifest.files.bias else None,
         labels=list(folder.labels) if manifest.files.labels else None,
         name=f"{manifest.name}-{variant}", input_spec=manifest.input, preprocess=manifest.preprocess,

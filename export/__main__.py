@@ -24,6 +24,7 @@ def export(
     labels: Annotated[Path | None, typer.Option(help="labels.txt with one class name per line.")] = None,
     input_size: Annotated[int | None, typer.Option(help="Square input size (random/file weights only).")] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    head: Annotated[str, typer.Option(help="auto, linear or graph (head and gradient graphs).")] = "auto",
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
     """Export and verify parity; prints the folder and the measured parity errors."""
@@ -31,8 +32,8 @@ def export(
         from .exporter import export_model
 
         manifest = export_model(output, arch=arch, weights=weights, model_path=model, labels_path=labels,
-                                input_size=input_size, force=force)
-    except CamError as exc:
+                                input_size=input_size, force=force, head_kind=head)
+    except (CamError, ValueError) as exc:
         if debug:
             raise
         typer.echo(f"error: {exc}", err=True)

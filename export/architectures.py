@@ -32,8 +32,8 @@ class Architecture:
 
         factory: Callable[..., Any] = getattr(keras.applications, self.constructor)
         kwargs: dict[str, Any] = {"weights": weights, "include_top": True}
-        if input_size is not None and input_size != self.size:
-            kwargs["input_shape"] = (input_size, input_size, 3)
+        # Always explicit: MobileNetV3 and ConvNeXt otherwise build with a dynamic (None) spatial size.
+        kwargs["input_shape"] = (input_size or self.size, input_size or self.size, 3)
         return factory(**kwargs)
 
 

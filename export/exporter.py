@@ -29,6 +29,7 @@ from .errors import (
     WeightsUnavailableError,
     short_reason,
 )
+from .head_graphs import export_graph_head, locate_head
 from .heads import CamHead, find_cam_head
 from .labels import read_labels_arg
 from .parity import check_parity
@@ -70,11 +71,13 @@ def export_model(output: str | Path, *, arch: str = "resnet50", weights: str = "
                  model_path: str | Path | None = None, labels_path: str | Path | None = None,
                  input_size: int | None = None, force: bool = False, opset: int = DEFAULT_OPSET,
                  name: str | None = None, preprocess: Preprocess | None = None,
-                 provenance: dict[str, Any] | None = None) -> Manifest:
+                 provenance: dict[str, Any] | None = None, head_kind: str = "auto") -> Manifest:
     """Export a keras.applications model (``arch``/``weights``) or a user model (``model_path``) to ``output``.
 
     ``weights`` is "imagenet" (downloaded by Keras), "random" (seeded random init, recorded in the manifest) or a
     path to a weights file. A user model needs ``preprocess`` unless its inputs are raw 0-255 RGB pixels.
+    ``head_kind``: "auto" (GAP → Dense heads keep the closed forms, any other CNN head gets head and gradient
+    graphs), "linear" (refuse other heads) or "graph" (head graphs even for a GAP → Dense head).
     """
     output = Path(output)
     if output.exists() and not force:
@@ -99,6 +102,11 @@ def export_model(output: str | Path, *, arch: str = "resnet50", weights: str = "
         prep = preprocess or architecture.preprocess
         model_name = name or (architecture.name if weights == "imagenet"
                               else f"{architecture.name}-{'random' if weights == 'random' else 'custom'}")
+    graph = locate_head(model, head_kind)
+    if graph is not None:  # a non-linear head (or head_kind="graph"): see export/head_graphs.py
+        return export_graph_head(model, graph, output, labels=labels, labels_path=labels_path, name=model_name,
+                                 prep=prep, opset=opset, force=force, imagenet_default=model_path is None,
+                                 meta={**source, "weights": weights_record, **(provenance or {})})
     head = find_cam_head(model)
     dense_weights, dense_bias = _dense_parameters(head)
     num_classes = dense_weights.shape[1]

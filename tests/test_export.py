@@ -151,8 +151,9 @@ def test_head_detection_across_applications(arch: str) -> None:
     ("mobilenetv3small", "Conv2D"),
 ])
 def test_refuses_non_gap_heads(arch: str, phrase: str, tmp_path: Path) -> None:
+    # head_kind="linear" keeps the old contract; the default exports them with head graphs (test_graph_heads.py)
     with pytest.raises(UnsupportedHeadError, match=phrase) as info:
-        export_model(tmp_path / arch, arch=arch, weights="random", input_size=32)
+        export_model(tmp_path / arch, arch=arch, weights="random", input_size=32, head_kind="linear")
     assert "CAM is exact only when" in str(info.value)
     assert not (tmp_path / arch).exists()
 
@@ -213,7 +214,7 @@ def test_user_model_bad_inputs(tmp_path: Path) -> None:
     flat = tmp_path / "flat.keras"
     _small_model(head="flatten").save(flat)
     with pytest.raises(UnsupportedHeadError, match="flattens"):
-        export_model(tmp_path / "o4", model_path=flat)
+        export_model(tmp_path / "o4", model_path=flat, head_kind="linear")
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5))
 
 

@@ -19,7 +19,7 @@ BOX_THRESHOLD = 0.5
 """Map boxes at half the peak: the 12×12 maps of 18-30 px glyphs spread past the object at the paper's 20%."""
 
 POINTING_FLOOR = {"cam": 0.9, "gradcam": 0.9, "hirescam": 0.9, "xgradcam": 0.9, "gradcam++": 0.9,
-                  "layercam": 0.9, "eigencam": 0.9, "scorecam": 0.8}
+                  "layercam": 0.9, "eigencam": 0.9, "scorecam": 0.8, "ablationcam": 0.9, "reciprocam": 0.9}
 """Measured (see docs/evaluation.md) minus a margin; ScoreCAM's probability-weighted masks localise worse here."""
 
 

@@ -179,7 +179,7 @@ def test_scorecam_max_channels_limits_passes(tiny_nhwc: Path, photo_arrays: dict
 
 def test_method_registry_and_validation() -> None:
     assert set(METHODS) == {"cam", "gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam",
-                            "scorecam"}
+                            "scorecam", "ablationcam", "reciprocam"}
     assert get_method("Grad-CAM++").name == "gradcam++"
     with pytest.raises(UnknownMethodError, match="available: cam"):
         get_method("smoothgrad")

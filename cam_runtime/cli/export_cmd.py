@@ -49,13 +49,19 @@ def export(
     input_size: Annotated[int | None, typer.Option("--input-size", min=32, help="Square input size (random or "
                                                                                 "file weights only).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing model folder.")] = False,
+    head: Annotated[str, typer.Option("--head", help="auto (GAP → Dense heads linear, other CNN heads as head "
+                                                     "and gradient graphs), linear or graph.")] = "auto",
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Export a Keras CNN (GAP → Dense head) to an ONNX model folder and verify parity with Keras."""
+    """Export a Keras CNN to an ONNX model folder and verify parity (and head gradients) with Keras."""
+    if head not in ("auto", "linear", "graph"):
+        error_line(f"--head must be auto, linear or graph, got {head!r}")
+        raise typer.Exit(EXIT_USAGE)
     manifest = export_with_hint(output, arch=arch, weights=weights, model_path=model, labels_path=labels,
-                                input_size=input_size, force=force)
+                                input_size=input_size, force=force, head_kind=head)
     parity = manifest.provenance.get("parity", {})
+    gradients = parity.get("head_graphs", {}).get("gradient_max_rel")
     if json_out:
         typer.echo(json.dumps({"folder": str(output), "name": manifest.name, "num_classes": manifest.num_classes,
                                "input": {"height": manifest.input.height, "width": manifest.input.width,
@@ -64,5 +70,7 @@ def export(
     if quiet:
         return
     typer.echo(f"exported {manifest.name} to {output} ({manifest.num_classes} classes, input "
-               f"{manifest.input.height}x{manifest.input.width}); parity: probabilities max abs "
-               f"{parity.get('probabilities_max_abs', float('nan')):.2e}")
+               f"{manifest.input.height}x{manifest.input.width}, "
+               f"{'graph' if manifest.head is not None else 'linear'} head); parity: probabilities max abs "
+               f"{parity.get('probabilities_max_abs', float('nan')):.2e}"
+               + (f", gradients max rel {max(gradients.values()):.2e} (logit and probability)" if gradients else ""))
