@@ -62,7 +62,7 @@ def test_resnet_export_follows_format_with_parity(resnet_folder: Path) -> None:
     assert manifest.provenance["weights"].startswith("random")
     parity = manifest.provenance["parity"]
     assert parity["probabilities_max_abs"] <= 1e-4
-    assert parity["features_max_rel"] <= 1e-3
+    assert parity["features_max_rel"] <= 2e-3
     assert parity["head_reconstruction_max_abs"] <= 1e-4
     for name, digest in manifest.sha256.items():
         assert sha256_file(resnet_folder / name) == digest
