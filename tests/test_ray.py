@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -27,8 +28,9 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "models" / "fixtures" / "shapes"
 IMAGES = REPO / "models" / "fixtures" / "shapes-test" / "images"
-N_GOOD = 40
-BAD = ("zz_truncated.png", "zz_text.jpg")
+N_GOOD = 492
+BAD = ("zz_truncated.png", "zz_text.jpg", "zz_empty.png", "zz_half.jpg", "zz_html.png", "zz_zeros.bmp",
+       "zz_header_only.png", "zz_random.jpg")
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +46,24 @@ def cluster() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """N_GOOD fixture images, a truncated PNG and a text file named like a JPEG."""
+    """N_GOOD images (the 150 fixture images and their flips and rotations) and 8 broken files: 500 inputs."""
     folder = tmp_path_factory.mktemp("ray-inputs")
-    for path in sorted(IMAGES.glob("*.png"))[:N_GOOD]:
-        shutil.copy(path, folder / path.name)
-    first = sorted(IMAGES.glob("*.png"))[0].read_bytes()
+    sources = sorted(IMAGES.glob("*.png"))
+    variants = (lambda a: a, lambda a: a[:, ::-1], lambda a: a[::-1], lambda a: np.rot90(a))
+    for i in range(N_GOOD):
+        path = sources[i % len(sources)]
+        pixels = variants[i // len(sources)](cv2.imread(str(path), cv2.IMREAD_COLOR))
+        cv2.imwrite(str(folder / f"{path.stem}-v{i // len(sources)}.png"), np.ascontiguousarray(pixels))
+    first = sources[0].read_bytes()
+    jpeg = cv2.imencode(".jpg", cv2.imread(str(sources[1])))[1].tobytes()
     (folder / BAD[0]).write_bytes(first[:60])
     (folder / BAD[1]).write_text("not an image\n", encoding="utf-8")
+    (folder / BAD[2]).write_bytes(b"")
+    (folder / BAD[3]).write_bytes(jpeg[: len(jpeg) // 2])
+    (folder / BAD[4]).write_text("<html><body>not a png</body></html>", encoding="utf-8")
+    (folder / BAD[5]).write_bytes(bytes(4096))
+    (folder / BAD[6]).write_bytes(first[:33])
+    (folder / BAD[7]).write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
     return folder
 
 
@@ -119,13 +132,13 @@ def test_cli_matches_single_process_cli_and_resumes(cluster: str, inputs: Path, 
     args = ("-m", MODEL, "-k", "2", "--method", "cam", "-b", "8")
     result = camr("explain", "--ray", cluster, inputs, uri, "-o", out, *args)
     assert result.returncode == 1, result.stderr  # 1: some inputs failed, the others are done
-    assert "2 failed" in result.stderr
+    assert f"{len(BAD)} failed" in result.stderr
     baseline = camr("explain", inputs, extra / "last.png", "-o", single, "-q", *args)
     assert baseline.returncode == 1, baseline.stderr
 
     ours = {r["key"]: r for r in read_records(out).to_pylist()}
     theirs = {r["key"]: r for r in json.loads((single / "report.json").read_text(encoding="utf-8"))["images"]}
-    assert sorted(ours) == sorted(theirs) and len(ours) == N_GOOD + 3
+    assert sorted(ours) == sorted(theirs) and len(ours) == N_GOOD + len(BAD) + 1
     for key, record in theirs.items():
         mine = ours[key]
         assert mine["status"] == record["status"]
@@ -148,8 +161,8 @@ def test_cli_matches_single_process_cli_and_resumes(cluster: str, inputs: Path, 
     resumed = camr("explain", "--ray", cluster, inputs, uri, "-o", out, "--skip-existing", *args)
     assert resumed.returncode == 1, resumed.stderr
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    # Only what was missing is redone: the image whose overlay went, and the two failures (retried).
-    assert (summary["explained"], summary["already_done"]) == (3, N_GOOD + 3 - 3)
+    # Only what was missing is redone: the image whose overlay went, and the failures (retried).
+    assert (summary["explained"], summary["already_done"]) == (1 + len(BAD), N_GOOD)
     assert (summary["missing"], summary["duplicated"]) == (0, 0)
     keys = Counter(read_records(out, ["key"]).column("key").to_pylist())
     assert keys == Counter(list(ours))  # still exactly one record per input
