@@ -25,6 +25,7 @@ from .errors import (
     KerasModelNotFoundError,
     LabelsError,
     UnknownArchitectureError,
+    UnsupportedHeadError,
     WeightsFileError,
     WeightsUnavailableError,
     short_reason,
@@ -154,9 +155,13 @@ def _build_application(architecture: Architecture, weights: str, input_size: int
         height, width = (int(d) for d in model.inputs[0].shape[1:3])
         batch = np.concatenate([calibration_batch(architecture.preprocess, height, width, RANDOM_WEIGHTS_SEED),
                                 parity_inputs(architecture.preprocess, height, width)])
-        initialise_random_model(keras, model, find_cam_head(model), batch, RANDOM_WEIGHTS_SEED)
+        try:
+            head: CamHead | None = find_cam_head(model)
+        except UnsupportedHeadError:  # a head for the graph path (VGG, MobileNetV3): its own init is kept
+            head = None
+        initialise_random_model(keras, model, head, batch, RANDOM_WEIGHTS_SEED)
         return model, (f"random (seed {RANDOM_WEIGHTS_SEED}; BatchNormalization statistics calibrated on the "
-                       "bundled example photos, classifier redrawn)")
+                       "bundled example photos" + (", classifier redrawn)" if head is not None else ")"))
     if weights == "imagenet":
         try:
             # Keras prints "Downloading data from https://…" on stdout; stdout belongs to the command's result.

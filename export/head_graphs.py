@@ -274,8 +274,9 @@ def check_head_graphs(model: Any, head: GraphHead, graphs: HeadGraphs, inputs: n
                 p = probs.astype(np.float64)[:, None, :]
                 direction = (p * direction - p * p[..., class_id:class_id + 1]).astype(np.float32)
                 # ∂p_c/∂A = p_c (∂z_c − Σ_j p_j ∂z_j): near a saturated softmax the two terms cancel, and float32
-                # rounding is relative to their size p_c·|∂z_c/∂A|, not to the small difference.
-                scale = max(scale, float(probs[:, class_id].max()) * logit_scale[class_id])
+                # rounding is relative to their size, p_c·max(|∂z_c|, |Σ_j p_j ∂z_j|) ≤ p_c·max_j |∂z_j/∂A|, not to
+                # the small difference. The checked classes include the top one, which dominates Σ_j p_j ∂z_j.
+                scale = max(scale, float(probs[:, class_id].max()) * max(logit_scale.values()))
             else:
                 logit_scale[class_id] = scale
             (grads,) = grad_session.run([GRADIENTS_OUTPUT], {FEATURES_INPUT: features, DIRECTIONS_INPUT: direction})

@@ -53,8 +53,9 @@ def calibration_batch(prep: Preprocess, height: int, width: int, seed: int) -> n
     return preprocessor.batch(photos + crops)
 
 
-def initialise_random_model(keras: Any, model: Any, head: CamHead, batch: np.ndarray, seed: int) -> None:
-    """Calibrate BatchNormalization statistics on ``batch`` and redraw the classifier Dense (in place)."""
+def initialise_random_model(keras: Any, model: Any, head: CamHead | None, batch: np.ndarray, seed: int) -> None:
+    """Calibrate BatchNormalization statistics on ``batch`` and redraw a GAP → Dense head's classifier (in place);
+    other heads (``head`` None) keep their seeded initialisation."""
     from .exporter import _all_layers
 
     layers = _all_layers(model)
@@ -73,6 +74,8 @@ def initialise_random_model(keras: Any, model: Any, head: CamHead, batch: np.nda
     finally:
         for layer, name, value in saved:
             setattr(layer, name, value)
+    if head is None:
+        return
     features = np.asarray(keras.Model(model.inputs, head.features)(batch, training=False), dtype=np.float64)
     pooled = features.mean(axis=(1, 2))
     kernel_shape = tuple(int(d) for d in head.kernel.shape)  # [C, K], also for a 1×1 Conv2D classifier
