@@ -77,7 +77,7 @@ class Server:
             self.log.unlink(missing_ok=True)
 
 
-async def load(url: str, body: bytes, concurrency: int, *, duration: float | None = None,
+async def load(url: str, body: bytes, concurrency: int, *, route: str, duration: float | None = None,
                count: int | None = None) -> dict[str, Any]:
     """``concurrency`` workers posting ``body`` until ``duration`` seconds or ``count`` requests in total."""
     import httpx
@@ -94,7 +94,7 @@ async def load(url: str, body: bytes, concurrency: int, *, duration: float | Non
                 sent += 1
                 start = time.perf_counter()
                 try:
-                    response = await client.post("/v1/models/shapes/explain", content=body, params=QUERY,
+                    response = await client.post(route, content=body, params=QUERY,
                                                  headers={"content-type": "image/jpeg"})
                     code = response.status_code
                 except httpx.HTTPError as exc:
@@ -167,6 +167,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT, help="results path without suffix (.md and .json)")
     args = parser.parse_args()
     body = args.image.read_bytes()
+    # The server names each model after its manifest.
+    route = f"/v1/models/{json.loads((args.model / 'manifest.json').read_text(encoding='utf-8'))['name']}/explain"
     levels = [int(c) for c in args.concurrency.split(",")]
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     load_start = os.getloadavg()
@@ -177,13 +179,14 @@ def main() -> None:
     server = Server(args.model)
     runs = []
     try:
-        asyncio.run(load(server.url, body, 8, count=200))  # warm-up
+        asyncio.run(load(server.url, body, route=route, concurrency=8, count=200))  # warm-up
         for level in levels:
             print(f"concurrency {level} for {args.duration:g} s …", flush=True)
-            runs.append(summary(asyncio.run(load(server.url, body, level, duration=args.duration)), level))
+            outcome = asyncio.run(load(server.url, body, route=route, concurrency=level, duration=args.duration))
+            runs.append(summary(outcome, level))
         print(f"RSS over {args.rss_requests} requests …", flush=True)
         rss_before = server.rss_mib()
-        rss_run = summary(asyncio.run(load(server.url, body, 8, count=args.rss_requests)), 8)
+        rss_run = summary(asyncio.run(load(server.url, body, route=route, concurrency=8, count=args.rss_requests)), 8)
         rss_after = server.rss_mib()
     finally:
         exit_status = server.stop()
@@ -191,7 +194,7 @@ def main() -> None:
     print(f"overload: concurrency {args.overload_concurrency}, queue {args.overload_queue} …", flush=True)
     server = Server(args.model, "--queue-size", str(args.overload_queue))
     try:
-        asyncio.run(load(server.url, body, 8, count=100))
+        asyncio.run(load(server.url, body, route=route, concurrency=8, count=100))
         rss_idle = server.rss_mib()
         peak = [rss_idle]
 
@@ -203,7 +206,8 @@ def main() -> None:
 
             watcher = asyncio.create_task(watch())
             try:
-                return await load(server.url, body, args.overload_concurrency, duration=args.overload_duration)
+                return await load(server.url, body, route=route, concurrency=args.overload_concurrency,
+                                  duration=args.overload_duration)
             finally:
                 watcher.cancel()
 
