@@ -364,6 +364,7 @@ class RequestTimeoutError(ServeError, TimeoutError):
     def __init__(self, seconds: float) -> None:
         super().__init__(f"request not answered within {seconds:g} s (--timeout)")
 
+
 # --- video and streams ---------------------------------------------------------------------------------
 
 
@@ -427,12 +428,3 @@ class VideoWriteError(OutputError):
 
     def __init__(self, path: str | Path, reason: str) -> None:
         super().__init__(f"cannot write video {path}: {reason}")
-
-# --- optional extras --------------------------------------------------------------------------------------
-
-
-class RayMissingError(CamError, ImportError):
-    """Ray Data (the ``ray`` extra) is needed but not installed."""
-
-    def __init__(self) -> None:
-        super().__init__("scale-out needs Ray Data: pip install 'cam-runtime[ray]' (ray[data] and pyarrow)")

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from .defaults import BOX_THRESHOLD
-from .errors import ImageReadError, InvalidArgumentError, RayMissingError
+from .errors import ImageReadError, InvalidArgumentError, MissingDependencyError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -38,7 +38,7 @@ def import_ray() -> Any:
         import ray
         import ray.data
     except ImportError:
-        raise RayMissingError() from None
+        raise MissingDependencyError("scale-out", "ray[data] and pyarrow", "ray") from None
     return ray
 
 

@@ -5,11 +5,12 @@ Command modules (``*_cmd.py``) import from here; keep it light (no numpy / OpenC
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -115,6 +116,19 @@ def warn_line(message: str) -> None:
 # --- the error boundary -------------------------------------------------------------------------------------------
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+@contextlib.contextmanager
+def needs_extra(what: str, extras: str, modules: tuple[str, ...]) -> Iterator[None]:
+    """Turn a missing optional package (one of ``modules``) into one line with the install command, exit 2."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        root = (exc.name or "").split(".")[0]
+        if root not in modules:
+            raise
+        error_line(f"{what} needs {root}, which is not installed: pip install 'cam-runtime[{extras}]'")
+        raise typer.Exit(EXIT_USAGE) from None
 
 
 def handle_errors(func: F) -> F:

@@ -9,26 +9,18 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import EXIT_USAGE, JsonOpt, QuietOpt, error_line, handle_errors, warn_line
+from .common import JsonOpt, QuietOpt, handle_errors, needs_extra, warn_line
 
-INSTALL_HINT = "install with `pip install 'cam-runtime[export]'`"
 _EXPORT_MODULES = ("tensorflow", "keras", "tf2onnx", "onnx", "h5py", "export")
 
 
 def export_with_hint(output: Path, **kwargs: Any) -> Any:
     """Call ``export.exporter.export_model``; a missing export extra becomes one line with the install command."""
-    try:
+    with needs_extra("exporting", "export", _EXPORT_MODULES), warnings.catch_warnings(record=True) as caught:
         from export.exporter import export_model
 
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            manifest = export_model(output, **kwargs)
-    except ModuleNotFoundError as exc:
-        root = (exc.name or "").split(".")[0]
-        if root not in _EXPORT_MODULES:
-            raise
-        error_line(f"exporting needs TensorFlow, tf2onnx and onnx ({root} is missing); {INSTALL_HINT}")
-        raise typer.Exit(EXIT_USAGE) from None
+        warnings.simplefilter("always")
+        manifest = export_model(output, **kwargs)
     for item in caught:
         if type(item.message).__name__ == "DegenerateModelWarning":
             warn_line(str(item.message))
@@ -56,8 +48,9 @@ def export(
 ) -> None:
     """Export a Keras CNN to an ONNX model folder and verify parity (and head gradients) with Keras."""
     if head not in ("auto", "linear", "graph"):
-        error_line(f"--head must be auto, linear or graph, got {head!r}")
-        raise typer.Exit(EXIT_USAGE)
+        from cam_runtime.errors import InvalidArgumentError
+
+        raise InvalidArgumentError(f"--head must be auto, linear or graph, got {head!r}")
     manifest = export_with_hint(output, arch=arch, weights=weights, model_path=model, labels_path=labels,
                                 input_size=input_size, force=force, head_kind=head)
     parity = manifest.provenance.get("parity", {})

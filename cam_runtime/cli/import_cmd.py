@@ -10,9 +10,8 @@ import typer
 
 from cam_runtime.errors import InvalidArgumentError
 
-from .common import EXIT_USAGE, JsonOpt, QuietOpt, error_line, handle_errors
+from .common import JsonOpt, QuietOpt, handle_errors, needs_extra
 
-INSTALL_HINT = "install with `pip install 'cam-runtime[onnx-import,cpu]'`"
 _IMPORT_MODULES = ("onnx", "onnxruntime")
 PRESET_NAMES = "torchvision, keras-caffe, keras-tf, keras-torch, tf-lite, none"
 
@@ -44,16 +43,10 @@ def _size(text: str | None) -> tuple[int, int] | None:
 
 def import_with_hint(model: Path, output: Path, **kwargs: Any) -> Path:
     """Call ``export.onnx_import.import_onnx``; a missing onnx/onnxruntime becomes one line with the install hint."""
-    try:
+    with needs_extra("importing", "onnx-import,cpu", _IMPORT_MODULES):
         from export.onnx_import import import_onnx
 
         return import_onnx(model, output, **kwargs)
-    except ModuleNotFoundError as exc:
-        root = (exc.name or "").split(".")[0]
-        if root not in _IMPORT_MODULES:
-            raise
-        error_line(f"importing needs onnx and onnxruntime ({root} is missing); {INSTALL_HINT}")
-        raise typer.Exit(EXIT_USAGE) from None
 
 
 @handle_errors

@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .common import DEFAULT_MODEL, Device, DeviceOpt, ThreadsOpt, error_line, handle_errors, load_engine
+from .common import DEFAULT_MODEL, Device, DeviceOpt, ThreadsOpt, handle_errors, load_engine, needs_extra
 
 if TYPE_CHECKING:
     from cam_runtime.engine import CamEngine
 
-EXIT_NO_EXTRA = 2
+SERVE_MODULES = ("fastapi", "uvicorn", "starlette", "multipart", "python_multipart", "prometheus_client")
 
 
 @handle_errors
@@ -47,13 +47,10 @@ def serve(
 
     SIGTERM or Ctrl-C stop taking requests, finish those in flight, then exit 0.
     """
-    try:
+    with needs_extra("camr serve", "serve", SERVE_MODULES):
         import uvicorn
 
         from cam_runtime.serve.app import create_app
-    except ImportError as exc:
-        error_line(f"camr serve needs the serve extra ({exc.name} is missing): pip install 'cam-runtime[serve]'")
-        raise typer.Exit(EXIT_NO_EXTRA) from None
     from cam_runtime.serve.config import ServeConfig
 
     config = ServeConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
