@@ -76,6 +76,17 @@ BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Im
 MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", min=1,
                                            help="Refuse images whose header declares more pixels "
                                                 "(decompression-bomb guard).")]
+HeatmapWeightOpt = Annotated[float, typer.Option("--heatmap-weight", "--alpha", min=0.0, max=1.0,
+                                                  help="The heatmap's share of each overlay pixel (the photo gets "
+                                                       "the rest).")]
+ColormapOpt = Annotated[str, typer.Option("--colormap", help="OpenCV colormap (jet, turbo, inferno, ...).")]
+BoxesOpt = Annotated[bool, typer.Option("--boxes/--no-boxes", help="Draw boxes on overlays.")]
+AllBoxesOpt = Annotated[bool, typer.Option("--all-boxes", help="Every connected region, not just the largest.")]
+BoxThresholdOpt = Annotated[float, typer.Option("--box-threshold", min=0.0, max=1.0,
+                                                help="Box region: map ≥ this fraction of its max.")]
+ClassesOpt = Annotated[list[str] | None, typer.Option("--class", "-c", show_default=False,
+                                                      help="Explain this class (id or label) instead of the "
+                                                           "top-k; repeatable.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors and warnings (one line "
                                                           "each on stderr).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (nothing else there).")]
