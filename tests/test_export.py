@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from paper_maps import maps_from_gradients
+
 tf = pytest.importorskip("tensorflow", reason="the export extra (tensorflow, tf2onnx) is not installed")
 keras = pytest.importorskip("keras")
 
@@ -260,21 +262,7 @@ def _autograd_maps(model: object, features_nhwc: np.ndarray, class_id: int, scor
         logits = tf.matmul(pooled, head.dense.kernel) + head.dense.bias
         target = logits[:, class_id] if score == "logit" else tf.nn.softmax(logits)[:, class_id]
     grads = tape.gradient(target, features).numpy()[0].astype(np.float64)  # [h, w, C]
-    acts = features.numpy()[0].astype(np.float64)
-    relu = lambda x: np.maximum(x, 0)  # noqa: E731
-    sums = acts.sum(axis=(0, 1))
-    g2, g3 = grads**2, grads**3
-    denominator = 2 * g2 + sums * g3
-    alpha = np.divide(g2, denominator, out=np.zeros_like(g2), where=(grads != 0) & (denominator != 0))
-    pp_weights = (alpha * relu(grads)).sum(axis=(0, 1))
-    xgrad_weights = np.divide((grads * acts).sum(axis=(0, 1)), sums, out=np.zeros_like(sums), where=sums != 0)
-    return {
-        "gradcam": relu(acts @ grads.mean(axis=(0, 1))),
-        "hirescam": relu((grads * acts).sum(axis=2)),
-        "xgradcam": relu(acts @ xgrad_weights),
-        "layercam": relu((relu(grads) * acts).sum(axis=2)),
-        "gradcam++": relu(acts @ pp_weights),
-    }
+    return maps_from_gradients(features.numpy()[0], grads)
 
 
 @pytest.mark.parametrize("score", ["logit", "probability"])

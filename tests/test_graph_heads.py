@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from paper_maps import maps_from_gradients
+
 tf = pytest.importorskip("tensorflow", reason="the export extra (tensorflow, tf2onnx) is not installed")
 keras = pytest.importorskip("keras")
 
@@ -56,20 +58,7 @@ def tape_reference(model: object, feature_layer: str, inputs: np.ndarray, class_
     finally:
         if swap:
             last.activation = saved
-    acts = acts_t.numpy()[0].astype(np.float64)
-    relu = lambda x: np.maximum(x, 0)  # noqa: E731
-    sums = acts.sum(axis=(0, 1))
-    g2, g3 = grads**2, grads**3
-    denominator = 2 * g2 + sums * g3
-    alpha = np.divide(g2, denominator, out=np.zeros_like(g2), where=(grads != 0) & (denominator != 0))
-    xgrad = np.divide((grads * acts).sum(axis=(0, 1)), sums, out=np.zeros_like(sums), where=sums != 0)
-    return {
-        "gradcam": relu(acts @ grads.mean(axis=(0, 1))),
-        "hirescam": relu((grads * acts).sum(axis=2)),
-        "xgradcam": relu(acts @ xgrad),
-        "layercam": relu((relu(grads) * acts).sum(axis=2)),
-        "gradcam++": relu(acts @ (alpha * relu(grads)).sum(axis=(0, 1))),
-    }
+    return maps_from_gradients(acts_t.numpy()[0], grads)
 
 
 def assert_maps_match_tape(folder: Path, model: object, image: np.ndarray) -> int:
