@@ -95,12 +95,17 @@ def save_npy_atomic(path: str | Path, array: npt.NDArray[np.generic], *, fsync: 
 
 
 def remove_stale_temps(folder: str | Path) -> int:
-    """Delete temporary files a killed run left behind in ``folder`` (recursively); returns how many."""
+    """Delete temporary files a killed run left behind in ``folder`` (recursively); returns how many.
+
+    Temporary names end in ``.tmp``, or in ``.tmp.<ext>`` where a writer needs the extension (OpenCV's video
+    writer picks its container from it).
+    """
     removed = 0
     root = Path(folder)
     if not root.is_dir():
         return 0
-    for tmp in root.rglob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
+    temps = {*root.rglob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"), *root.rglob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}.*")}
+    for tmp in sorted(temps):
         with contextlib.suppress(OSError):
             if tmp.is_file() and not tmp.is_symlink():
                 tmp.unlink()

@@ -75,20 +75,6 @@ def _stderr_silenced() -> Iterator[None]:
         os.close(devnull)
 
 
-def remove_stale_video_temps(folder: str | Path) -> int:
-    """Delete temporary video/JSONL files that a killed run left in ``folder``; returns how many."""
-    removed = 0
-    root = Path(folder)
-    if not root.is_dir():
-        return 0
-    for tmp in root.glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}.*"):
-        with contextlib.suppress(OSError):
-            if tmp.is_file() and not tmp.is_symlink():
-                tmp.unlink()
-                removed += 1
-    return removed
-
-
 class AtomicVideoWriter:
     """``cv2.VideoWriter`` into a temporary sibling file, renamed to ``path`` by :meth:`close`."""
 

@@ -429,3 +429,17 @@ def test_colorize_fast_path_equals_numpy_levels() -> None:
     negative = heat - 0.5  # the NumPy path clips negatives to 0
     expected = cv2.applyColorMap(np.clip(np.rint(negative * 255.0), 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
     np.testing.assert_array_equal(colorize(negative), expected)
+
+
+def test_stale_video_temps_are_removed_with_the_others(tmp_path: Path) -> None:
+    """A killed run's temporary overlay video keeps its extension (.tmp.mp4); the shared cleanup removes it."""
+    from cam_runtime.outputs import TEMP_PREFIX, TEMP_SUFFIX, remove_stale_temps
+
+    (tmp_path / "sub").mkdir()
+    stale = [tmp_path / f"{TEMP_PREFIX}clip.overlay.mp4.x1{TEMP_SUFFIX}.mp4",
+             tmp_path / "sub" / f"{TEMP_PREFIX}a.jpg.x2{TEMP_SUFFIX}"]
+    kept = [tmp_path / "clip.overlay.mp4", tmp_path / "notes.tmp.mp4"]
+    for path in stale + kept:
+        path.write_bytes(b"x")
+    assert remove_stale_temps(tmp_path) == 2
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)

@@ -156,7 +156,6 @@ def run_video(engine: CamEngine, source: VideoInput, output: Path, options: Vide
         AtomicLineWriter,
         AtomicVideoWriter,
         Timeline,
-        remove_stale_video_temps,
     )
 
     from .runner import _sigterm_as_exit, _version
@@ -176,7 +175,6 @@ def run_video(engine: CamEngine, source: VideoInput, output: Path, options: Vide
             if layout.path(name).exists():
                 raise OutputExistsError(layout.path(name))
     remove_stale_temps(layout.root)
-    remove_stale_video_temps(layout.root)
     preview = options.preview
     live = isinstance(source, int) or "://" in str(source)
     if preview is None:
