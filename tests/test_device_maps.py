@@ -190,6 +190,43 @@ def test_name_clash_is_refused(tmp_path: Path, engines: dict) -> None:
 
 
 @pytest.mark.parametrize("name", ["nhwc", "nchw", "shapes"])
+def test_static_feature_size_needs_no_shape_nodes(engines: dict, name: str) -> None:
+    """A constant map shape: no Shape/Slice/Concat, which onnxruntime would run on the CPU beside a CUDA graph."""
+    import onnx
+
+    folder = engines[name][0].folder
+    extended = onnx.load_from_string(extend_model(folder.model_path, folder.manifest, folder.weights))
+    added = [n.op_type for n in extended.graph.node if any(o.startswith("cam_") for o in n.output)]
+    assert "Shape" not in added and "Concat" not in added and "TopK" in added
+
+
+@pytest.mark.parametrize("name", ["nhwc", "nchw"])
+def test_symbolic_feature_size_still_extends(tmp_path: Path, engines: dict, name: str) -> None:
+    """Features whose h and w are symbolic in the graph: the map shape is read at run time and the maps agree."""
+    import onnx
+    import onnxruntime as ort
+
+    reference = engines[name][0]
+    folder = reference.folder
+    model = onnx.load(str(folder.model_path))
+    features = next(o for o in model.graph.output if o.name == folder.manifest.outputs.features)
+    spatial = (2, 3) if folder.manifest.outputs.features_layout == "NCHW" else (1, 2)
+    for axis, symbol in zip(spatial, ("h", "w"), strict=True):
+        features.type.tensor_type.shape.dim[axis].dim_param = symbol
+    path = tmp_path / "symbolic.onnx"
+    onnx.save(model, str(path))
+    extended = extend_model(path, folder.manifest, folder.weights)
+    assert "Shape" in [n.op_type for n in onnx.load_from_string(extended).graph.node]
+    session = ort.InferenceSession(extended, providers=["CPUExecutionProvider"])
+    batch = random_batch(reference, 3, seed=5)
+    maps, classes = session.run(["cam_maps", "cam_classes"], {folder.manifest.input.name: batch,
+                                                             "cam_top_k": np.array([2], np.int64)})
+    probs, feats = reference.run(batch)
+    expected = CAM().maps(HeadInputs(feats, probs, folder.weights, classes))
+    np.testing.assert_allclose(maps, expected, rtol=MAP_RTOL, atol=map_atol(expected))
+
+
+@pytest.mark.parametrize("name", ["nhwc", "nchw", "shapes"])
 @pytest.mark.parametrize("io_binding", [False, True])
 @cuda[0]
 @cuda[1]
