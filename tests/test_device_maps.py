@@ -238,10 +238,13 @@ def test_cuda_device_maps_match_cpu_reference(folders: dict[str, Path], engines:
     batch = random_batch(reference, 8, seed=3)
     probs, features = reference.run(batch)
     targets = reference.resolve_targets(probs, None, 2)
-    expected = CAM().maps(HeadInputs(features, probs, reference.folder.weights, targets))
     result = gpu.run_device_maps(batch, 2)
     np.testing.assert_allclose(result.probabilities, probs, atol=1e-4)
-    confident = np.sort(probs, axis=1)[:, -2] - np.sort(probs, axis=1)[:, -3] > 1e-3  # rows without near-ties
-    np.testing.assert_array_equal(result.classes[confident], targets[confident])
-    correlation = np.corrcoef(result.maps[confident].ravel(), expected[confident].ravel())[0, 1]
+    # Near-tied classes may swap between devices: the GPU's top-2 must be a valid top-2 of the CPU's probabilities
+    # (within float noise), and its maps must be the CPU's CAMs of the classes it chose.
+    chosen = np.take_along_axis(probs, result.classes, axis=1)
+    np.testing.assert_allclose(chosen, np.take_along_axis(probs, targets, axis=1), atol=1e-4)
+    expected = CAM().maps(HeadInputs(features, probs, reference.folder.weights, result.classes))
+    correlation = np.corrcoef(result.maps.ravel(), expected.ravel())[0, 1]
     assert correlation >= 0.999
+    np.testing.assert_allclose(result.maps, expected, rtol=1e-3, atol=1e-3 * float(np.abs(expected).max()))
