@@ -50,6 +50,8 @@ from cam_runtime.providers import (  # noqa: E402
     resolve_providers,
 )
 
+STEPS = ("check", "placement", "nhwc", "tf32", "graphs", "gradcam")
+"""The checks after the model is built (``--only`` picks some)."""
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
@@ -400,7 +402,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small", action="store_true", help="small sizes for a CPU proof run")
     parser.add_argument("--skip-tests", action="store_true", help="do not run the pytest CUDA subset")
     parser.add_argument("--out", type=Path, required=True, help="folder for gpu-device-run.json/.md")
+    parser.add_argument("--only", default=",".join(STEPS),
+                        help=f"comma-separated subset of {','.join(STEPS)} (the model is always built)")
     args = parser.parse_args(argv)
+    only = set(args.only.split(","))
+    if only - set(STEPS):
+        parser.error(f"--only: unknown steps {sorted(only - set(STEPS))}; choose from {','.join(STEPS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     size = 224 if args.arch == "resnet50" else 64
     batches = "1,8" if args.small else "1,64,256"
@@ -459,20 +466,23 @@ def main(argv: list[str] | None = None) -> int:
             data["exit_code"] = code
             return dict(data)
 
-        step(results, "gpu_check", args.out, run_check)
+        if "check" in only:
+            step(results, "gpu_check", args.out, run_check)
         precisions = {"fp32": folder, **({"fp16": fp16_folder} if fp16_folder else {})}
-        for tag, path in precisions.items():
+        for tag, path in precisions.items() if "placement" in only else ():
             step(results, f"placement {tag}", args.out, lambda p=path, t=tag: placement(p, args.device, work, t))
-        if fp16_folder is not None:
+        if fp16_folder is not None and "nhwc" in only:
             step(results, "prefer_nhwc fp16", args.out,
                  lambda: nhwc_comparison(fp16_folder, args.device, big, repeats))
-        step(results, "use_tf32 fp32", args.out, lambda: tf32_comparison(folder, args.device, big, repeats))
-        for tag, path in precisions.items():
+        if "tf32" in only:
+            step(results, "use_tf32 fp32", args.out, lambda: tf32_comparison(folder, args.device, big, repeats))
+        for tag, path in precisions.items() if "graphs" in only else ():
             step(results, f"cuda graphs {tag}", args.out, lambda p=path: cuda_graphs(p, args.device, repeats))
         gc.collect()
         sizes = [4, 8] if args.small else [16, 32, 64, 128]
-        step(results, "grad_cam", args.out,
-             lambda: grad_cam_throughput(torch_net, args.arch, args.device, sizes, 3 if args.small else 5))
+        if "gradcam" in only:
+            step(results, "grad_cam", args.out,
+                 lambda: grad_cam_throughput(torch_net, args.arch, args.device, sizes, 3 if args.small else 5))
     text = summary(results)
     (args.out / "gpu-device-run.md").write_text(text + "\n")
     print("\n" + text)

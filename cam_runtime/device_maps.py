@@ -92,7 +92,7 @@ def extend_model(model_path: str | Path, manifest: Manifest, weights: npt.NDArra
         helper.make_node("Gather", [_WEIGHTS, t("classes")], [t("class_w")], axis=0),  # [N, k, C]
         helper.make_node("Reshape", [feature_in, t("flat")], [t("flat_features")]),
     ]
-    hw = static_spatial(outputs[feats], spatial)
+    hw = static_spatial(outputs[feats], spatial) or _inferred_spatial(model, feats, spatial)
     if hw is not None:
         # A constant target shape: no Shape/Slice/Concat, which onnxruntime places on the CPU (a device→host
         # copy per run, and a graph that CUDA graphs refuse because not every node runs on CUDA).
@@ -136,6 +136,20 @@ def static_spatial(output: Any, spatial: tuple[int, int]) -> tuple[int, int] | N
         return None
     values = [dims[i].dim_value if dims[i].HasField("dim_value") else 0 for i in range(*spatial)]
     return (int(values[0]), int(values[1])) if all(v > 0 for v in values) else None
+
+
+def _inferred_spatial(model: Any, name: str, spatial: tuple[int, int]) -> tuple[int, int] | None:
+    """(h, w) of tensor ``name`` from ONNX shape inference (outputs are often declared without dims)."""
+    from onnx import shape_inference
+
+    try:
+        inferred = shape_inference.infer_shapes(model)
+    except Exception:  # e.g. a model over protobuf's 2 GB limit: the run-time shape path still works
+        return None
+    for value in [*inferred.graph.output, *inferred.graph.value_info]:
+        if value.name == name:
+            return static_spatial(value, spatial)
+    return None
 
 
 def top_k_feed(k: int) -> npt.NDArray[np.int64]:

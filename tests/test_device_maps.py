@@ -200,9 +200,24 @@ def test_static_feature_size_needs_no_shape_nodes(engines: dict, name: str) -> N
     assert "Shape" not in added and "Concat" not in added and "TopK" in added
 
 
+def test_features_declared_without_dims_get_inferred_sizes(tmp_path: Path, engines: dict) -> None:
+    """camr import declares the features output without dims: shape inference still gives the constant shape."""
+    import onnx
+
+    folder = engines["nchw"][0].folder
+    model = onnx.load(str(folder.model_path))
+    features = next(o for o in model.graph.output if o.name == folder.manifest.outputs.features)
+    for dim in features.type.tensor_type.shape.dim:
+        dim.Clear()
+    path = tmp_path / "no-dims.onnx"
+    onnx.save(model, str(path))
+    extended = onnx.load_from_string(extend_model(path, folder.manifest, folder.weights))
+    assert "Shape" not in [n.op_type for n in extended.graph.node]
+
+
 @pytest.mark.parametrize("name", ["nhwc", "nchw"])
 def test_symbolic_feature_size_still_extends(tmp_path: Path, engines: dict, name: str) -> None:
-    """Features whose h and w are symbolic in the graph: the map shape is read at run time and the maps agree."""
+    """A model of any input size (h and w symbolic from the input on): the map shape is read at run time."""
     import onnx
     import onnxruntime as ort
 
@@ -211,8 +226,10 @@ def test_symbolic_feature_size_still_extends(tmp_path: Path, engines: dict, name
     model = onnx.load(str(folder.model_path))
     features = next(o for o in model.graph.output if o.name == folder.manifest.outputs.features)
     spatial = (2, 3) if folder.manifest.outputs.features_layout == "NCHW" else (1, 2)
-    for axis, symbol in zip(spatial, ("h", "w"), strict=True):
+    input_spatial = (2, 3) if folder.manifest.input.layout == "NCHW" else (1, 2)
+    for axis, in_axis, symbol in zip(spatial, input_spatial, ("h", "w"), strict=True):
         features.type.tensor_type.shape.dim[axis].dim_param = symbol
+        model.graph.input[0].type.tensor_type.shape.dim[in_axis].dim_param = "in_" + symbol
     path = tmp_path / "symbolic.onnx"
     onnx.save(model, str(path))
     extended = extend_model(path, folder.manifest, folder.weights)
