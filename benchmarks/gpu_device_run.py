@@ -50,7 +50,7 @@ from cam_runtime.providers import (  # noqa: E402
     resolve_providers,
 )
 
-STEPS = ("check", "placement", "nhwc", "tf32", "graphs", "gradcam")
+STEPS = ("check", "placement", "nhwc", "tf32", "graphs", "gradcam", "overlap")
 """The checks after the model is built (``--only`` picks some)."""
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -228,6 +228,34 @@ def tf32_comparison(folder: Path, device: str, size: int, repeats: int) -> dict[
     return out
 
 
+def overlap(folder: Path, device: str, size: int, repeats: int) -> dict[str, Any]:
+    """e2e device-map throughput with 1-3 batches in flight, run() and IOBinding, do_copy_in_default_stream 1/0."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    out: dict[str, Any] = {"batch": size}
+    for flag in ("1", "0"):
+        engine = CamEngine.load(folder, device=device, device_maps=True,
+                                cuda_options={"do_copy_in_default_stream": flag})
+        batch = np.random.default_rng(0).normal(size=(size, *engine._input_shape())).astype(np.float32)
+        bare = gpu_check.timed(gpu_check.bare_iobinding(engine, batch), repeats)
+        out[f"copy_in_default_stream={flag} bare iobind"] = round(size / bare, 1)
+        for binding in (False, True):
+            engine.io_binding = binding
+            for threads in (1, 2, 3):
+                with ThreadPoolExecutor(threads) as pool:
+                    def call(n: int = threads, p: Any = pool, run: Any = engine.run_device_maps,
+                             x: np.ndarray = batch) -> Any:
+                        return [f.result() for f in [p.submit(run, x, 1) for _ in range(n)]]
+
+                    seconds = gpu_check.timed(call, repeats) / threads
+                key = f"copy_in_default_stream={flag} {'iobind' if binding else 'run'} {threads} in flight"
+                out[key] = round(size / seconds, 1)
+                print(f"  {key}: {out[key]} img/s", flush=True)
+        engine = None
+        gc.collect()
+    return out
+
+
 def ort_dtype(kind: str) -> Any:
     """NumPy dtype of an onnxruntime type string."""
     return {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}[kind]
@@ -371,6 +399,9 @@ def summary(results: dict[str, Any]) -> str:
                          f"{place['topk_provider']} / {len(place['memcpy_nodes'])} | all on CUDA |")
             lines.append(f"| {tag} Conv nodes NHWC (prefer_nhwc=1) / Transposes | {place['conv_nodes_nhwc']} of "
                          f"{place['conv_nodes']} / {place['transpose_nodes']} | NHWC |")
+    for key, value in (results.get("overlap fp16") or {}).items():
+        if key != "batch" and not isinstance(value, dict):
+            lines.append(f"| fp16 e2e batch {results['overlap fp16']['batch']}, {key} | {value:.0f} img/s | |")
     tf32 = results.get("use_tf32 fp32") or {}
     for flag in ("1", "0"):
         if f"use_tf32={flag}" in tf32:
@@ -474,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
         if fp16_folder is not None and "nhwc" in only:
             step(results, "prefer_nhwc fp16", args.out,
                  lambda: nhwc_comparison(fp16_folder, args.device, big, repeats))
+        if fp16_folder is not None and "overlap" in only:
+            step(results, "overlap fp16", args.out, lambda: overlap(fp16_folder, args.device, big, repeats))
         if "tf32" in only:
             step(results, "use_tf32 fp32", args.out, lambda: tf32_comparison(folder, args.device, big, repeats))
         for tag, path in precisions.items() if "graphs" in only else ():
