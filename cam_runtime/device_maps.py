@@ -85,19 +85,29 @@ def extend_model(model_path: str | Path, manifest: Manifest, weights: npt.NDArra
     inits = [
         numpy_helper.from_array(np.ascontiguousarray(weights.T, dtype=np.float32), _WEIGHTS),  # W^T [K, C]
         numpy_helper.from_array(np.array([0, channels, -1] if nchw else [0, -1, channels], np.int64), t("flat")),
-        numpy_helper.from_array(np.array([spatial[0]], np.int64), t("hw_start")),
-        numpy_helper.from_array(np.array([spatial[1]], np.int64), t("hw_end")),
-        numpy_helper.from_array(np.array([0, 0], np.int64), t("keep_nk")),
     ]
     nodes += [
         helper.make_node("TopK", [probs_in, TOP_K], [SCORES, t("classes")], axis=1, largest=1, sorted=1),
         helper.make_node("Identity", [t("classes")], [CLASSES]),
         helper.make_node("Gather", [_WEIGHTS, t("classes")], [t("class_w")], axis=0),  # [N, k, C]
         helper.make_node("Reshape", [feature_in, t("flat")], [t("flat_features")]),
-        helper.make_node("Shape", [feature_in], [t("shape")]),
-        helper.make_node("Slice", [t("shape"), t("hw_start"), t("hw_end")], [t("hw")]),
-        helper.make_node("Concat", [t("keep_nk"), t("hw")], [t("map_shape")], axis=0),  # [0, 0, h, w]
     ]
+    hw = static_spatial(outputs[feats], spatial) or _inferred_spatial(model, feats, spatial)
+    if hw is not None:
+        # A constant target shape: no Shape/Slice/Concat, which onnxruntime places on the CPU (a device→host
+        # copy per run, and a graph that CUDA graphs refuse because not every node runs on CUDA).
+        inits.append(numpy_helper.from_array(np.array([0, 0, *hw], np.int64), t("map_shape")))
+    else:
+        inits += [
+            numpy_helper.from_array(np.array([spatial[0]], np.int64), t("hw_start")),
+            numpy_helper.from_array(np.array([spatial[1]], np.int64), t("hw_end")),
+            numpy_helper.from_array(np.array([0, 0], np.int64), t("keep_nk")),
+        ]
+        nodes += [
+            helper.make_node("Shape", [feature_in], [t("shape")]),
+            helper.make_node("Slice", [t("shape"), t("hw_start"), t("hw_end")], [t("hw")]),
+            helper.make_node("Concat", [t("keep_nk"), t("hw")], [t("map_shape")], axis=0),  # [0, 0, h, w]
+        ]
     if nchw:  # [N, k, C] @ [N, C, hw] → [N, k, hw]
         nodes.append(helper.make_node("MatMul", [t("class_w"), t("flat_features")], [t("flat_maps")]))
     else:  # ([N, hw, C] @ [N, C, k])ᵀ: transposes the small [N, k, C] and result, never the features
@@ -117,6 +127,29 @@ def extend_model(model_path: str | Path, manifest: Manifest, weights: npt.NDArra
         helper.make_tensor_value_info(SCORES, TensorProto.FLOAT, ["N", "k"]),
     ])
     return bytes(model.SerializeToString())
+
+
+def static_spatial(output: Any, spatial: tuple[int, int]) -> tuple[int, int] | None:
+    """(h, w) of a features output whose spatial dims are fixed integers in the graph, else None."""
+    dims = output.type.tensor_type.shape.dim
+    if len(dims) != 4:
+        return None
+    values = [dims[i].dim_value if dims[i].HasField("dim_value") else 0 for i in range(*spatial)]
+    return (int(values[0]), int(values[1])) if all(v > 0 for v in values) else None
+
+
+def _inferred_spatial(model: Any, name: str, spatial: tuple[int, int]) -> tuple[int, int] | None:
+    """(h, w) of tensor ``name`` from ONNX shape inference (outputs are often declared without dims)."""
+    from onnx import shape_inference
+
+    try:
+        inferred = shape_inference.infer_shapes(model)
+    except Exception:  # e.g. a model over protobuf's 2 GB limit: the run-time shape path still works
+        return None
+    for value in [*inferred.graph.output, *inferred.graph.value_info]:
+        if value.name == name:
+            return static_spatial(value, spatial)
+    return None
 
 
 def top_k_feed(k: int) -> npt.NDArray[np.int64]:

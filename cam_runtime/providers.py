@@ -37,6 +37,9 @@ DEFAULT_CUDA_OPTIONS: dict[str, str] = {
     # NHWC kernels where the build has them: tensor cores want channels-last, NCHW costs transposes around convs.
     "prefer_nhwc": "1",
     "do_copy_in_default_stream": "1",
+    # fp32 means fp32: onnxruntime's default TF32 math (10-bit mantissa in convs and matmuls) took the CPU/GPU map
+    # Pearson of ResNet50 down to 0.9955 on an H100 (issue 18); the fp16 variant is the fast path.
+    "use_tf32": "0",
 }
 """CUDA provider options CamEngine.load starts from; its ``cuda_options`` override them key by key."""
 

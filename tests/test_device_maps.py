@@ -190,6 +190,60 @@ def test_name_clash_is_refused(tmp_path: Path, engines: dict) -> None:
 
 
 @pytest.mark.parametrize("name", ["nhwc", "nchw", "shapes"])
+def test_static_feature_size_needs_no_shape_nodes(engines: dict, name: str) -> None:
+    """A constant map shape: no Shape/Slice/Concat, which onnxruntime would run on the CPU beside a CUDA graph."""
+    import onnx
+
+    folder = engines[name][0].folder
+    extended = onnx.load_from_string(extend_model(folder.model_path, folder.manifest, folder.weights))
+    added = [n.op_type for n in extended.graph.node if any(o.startswith("cam_") for o in n.output)]
+    assert "Shape" not in added and "Concat" not in added and "TopK" in added
+
+
+def test_features_declared_without_dims_get_inferred_sizes(tmp_path: Path, engines: dict) -> None:
+    """camr import declares the features output without dims: shape inference still gives the constant shape."""
+    import onnx
+
+    folder = engines["nchw"][0].folder
+    model = onnx.load(str(folder.model_path))
+    features = next(o for o in model.graph.output if o.name == folder.manifest.outputs.features)
+    for dim in features.type.tensor_type.shape.dim:
+        dim.Clear()
+    path = tmp_path / "no-dims.onnx"
+    onnx.save(model, str(path))
+    extended = onnx.load_from_string(extend_model(path, folder.manifest, folder.weights))
+    assert "Shape" not in [n.op_type for n in extended.graph.node]
+
+
+@pytest.mark.parametrize("name", ["nhwc", "nchw"])
+def test_symbolic_feature_size_still_extends(tmp_path: Path, engines: dict, name: str) -> None:
+    """A model of any input size (h and w symbolic from the input on): the map shape is read at run time."""
+    import onnx
+    import onnxruntime as ort
+
+    reference = engines[name][0]
+    folder = reference.folder
+    model = onnx.load(str(folder.model_path))
+    features = next(o for o in model.graph.output if o.name == folder.manifest.outputs.features)
+    spatial = (2, 3) if folder.manifest.outputs.features_layout == "NCHW" else (1, 2)
+    input_spatial = (2, 3) if folder.manifest.input.layout == "NCHW" else (1, 2)
+    for axis, in_axis, symbol in zip(spatial, input_spatial, ("h", "w"), strict=True):
+        features.type.tensor_type.shape.dim[axis].dim_param = symbol
+        model.graph.input[0].type.tensor_type.shape.dim[in_axis].dim_param = "in_" + symbol
+    path = tmp_path / "symbolic.onnx"
+    onnx.save(model, str(path))
+    extended = extend_model(path, folder.manifest, folder.weights)
+    assert "Shape" in [n.op_type for n in onnx.load_from_string(extended).graph.node]
+    session = ort.InferenceSession(extended, providers=["CPUExecutionProvider"])
+    batch = random_batch(reference, 3, seed=5)
+    maps, classes = session.run(["cam_maps", "cam_classes"], {folder.manifest.input.name: batch,
+                                                             "cam_top_k": np.array([2], np.int64)})
+    probs, feats = reference.run(batch)
+    expected = CAM().maps(HeadInputs(feats, probs, folder.weights, classes))
+    np.testing.assert_allclose(maps, expected, rtol=MAP_RTOL, atol=map_atol(expected))
+
+
+@pytest.mark.parametrize("name", ["nhwc", "nchw", "shapes"])
 @pytest.mark.parametrize("io_binding", [False, True])
 @cuda[0]
 @cuda[1]
@@ -201,10 +255,13 @@ def test_cuda_device_maps_match_cpu_reference(folders: dict[str, Path], engines:
     batch = random_batch(reference, 8, seed=3)
     probs, features = reference.run(batch)
     targets = reference.resolve_targets(probs, None, 2)
-    expected = CAM().maps(HeadInputs(features, probs, reference.folder.weights, targets))
     result = gpu.run_device_maps(batch, 2)
     np.testing.assert_allclose(result.probabilities, probs, atol=1e-4)
-    confident = np.sort(probs, axis=1)[:, -2] - np.sort(probs, axis=1)[:, -3] > 1e-3  # rows without near-ties
-    np.testing.assert_array_equal(result.classes[confident], targets[confident])
-    correlation = np.corrcoef(result.maps[confident].ravel(), expected[confident].ravel())[0, 1]
+    # Near-tied classes may swap between devices: the GPU's top-2 must be a valid top-2 of the CPU's probabilities
+    # (within float noise), and its maps must be the CPU's CAMs of the classes it chose.
+    chosen = np.take_along_axis(probs, result.classes, axis=1)
+    np.testing.assert_allclose(chosen, np.take_along_axis(probs, targets, axis=1), atol=1e-4)
+    expected = CAM().maps(HeadInputs(features, probs, reference.folder.weights, result.classes))
+    correlation = np.corrcoef(result.maps.ravel(), expected.ravel())[0, 1]
     assert correlation >= 0.999
+    np.testing.assert_allclose(result.maps, expected, rtol=1e-3, atol=1e-3 * float(np.abs(expected).max()))

@@ -126,6 +126,7 @@ def test_cuda_session_gets_the_default_options(folders: dict[str, Path]) -> None
     options = engine.session.get_provider_options()[CUDA]
     assert options["cudnn_conv_use_max_workspace"] == "1"
     assert options["cudnn_conv_algo_search"] == "HEURISTIC"
+    assert options["use_tf32"] == "0" and options["prefer_nhwc"] == "1"
 
 
 @pytest.mark.cuda
