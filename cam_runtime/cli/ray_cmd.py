@@ -11,10 +11,10 @@ from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
 from cam_runtime.errors import InvalidArgumentError, OutputExistsError
+from cam_runtime.jobs.explain_folder import ExplainOptions
 
 from .common import EXIT_OK, EXIT_SOME_FAILED, err_console, warn_line
 from .inputs import collect_inputs, is_image_name
-from .runner import ExplainOptions
 
 _ADDRESS = re.compile(r"^(local|auto|ray://\S+|[\w.\-]+:\d+)$")
 SUMMARY_FILE = "summary.json"
@@ -79,10 +79,7 @@ def run_ray_explain(address: str, inputs: list[str], output: Path, model: Path, 
     options.validate()
     model = model.absolute()
     engine = load_engine(model, "cpu", 1, max_pixels=max_pixels, resize=resize, warmup=False)  # fail fast here
-    for spec in options.classes or []:
-        engine.class_id(spec)
-    if options.classes is None and not 1 <= options.top_k <= engine.num_classes:
-        raise InvalidArgumentError(f"--top-k must be in [1, {engine.num_classes}], got {options.top_k}")
+    options.check_engine(engine)
     del engine
     listed = list_inputs(inputs, recursive=recursive)
     if not listed:
