@@ -310,8 +310,6 @@ class CamEngine:
         if score != "logit":
             options["score"] = score
         cam_method = get_method(method, **options)
-        if classes is None and not 1 <= top_k <= self.num_classes:
-            raise InvalidArgumentError(f"top_k must be in [1, {self.num_classes}], got {top_k}")
         targets = TargetRequest.parse(classes, top_k, self.num_classes)
         targets.validate(self.classes, total)  # every label checked before any image is decoded
         transform = self.device_map_transform(cam_method, classes)
