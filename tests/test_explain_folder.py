@@ -123,3 +123,23 @@ def test_overlays_match_the_engine(engine: CamEngine, tree: Path, tmp_path: Path
     result = engine.explain(Path(record["source"]))[0]
     np.testing.assert_allclose(np.load(out / record["targets"][0]["heatmap"]), result.targets[0].heatmap,
                                rtol=1e-5, atol=1e-6)
+
+
+def test_cli_refuses_a_mismatched_resume_in_one_line(tiny_nhwc: Path, tree: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cam_runtime.cli import app
+
+    out = tmp_path / "out"
+    base = ["explain", str(tree), "-r", "-m", str(tiny_nhwc), "-o", str(out), "-q"]
+    runner = CliRunner()
+    assert runner.invoke(app, base).exit_code == 1  # broken.png fails
+    refused = runner.invoke(app, [*base, "--skip-existing", "--method", "layercam"])
+    assert refused.exit_code == 2
+    lines = [line for line in refused.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "different run" in lines[0] and "--redo-mismatched" in lines[0]
+    redone = runner.invoke(app, [*base, "--skip-existing", "--method", "layercam", "--redo-mismatched"])
+    assert redone.exit_code == 1
+    report = json.loads((out / "report.json").read_text())
+    assert report["method"] == "layercam" and report["summary"]["resumed"] == 0 and report["summary"]["ok"] == 3
+    assert runner.invoke(app, [*base, "--redo-mismatched"]).exit_code == 2  # needs --skip-existing

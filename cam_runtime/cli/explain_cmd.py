@@ -72,6 +72,8 @@ def explain(
     = False,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders.")] = False,
     max_pixels: MaxPixelsOpt = 100_000_000,
+    run_timeout: Annotated[float, typer.Option("--run-timeout", min=0.001, help="Seconds one batch may spend in "
+                                               "the model before it is stopped and its images fail.")] = 600.0,
     resize: ResizeOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary table.")] = False,
     every: EveryOpt = 1,
@@ -111,7 +113,8 @@ def explain(
             end=end, smooth=smooth, batch_size=batch_size, alpha=alpha, colormap=colormap, boxes=boxes,
             all_boxes=all_boxes, box_threshold=box_threshold, force=force, quiet=quiet)
         video_options.validate()
-        engine = load_engine(model, device, threads, max_pixels=max_pixels, resize=resize)
+        engine = load_engine(model, device, threads, max_pixels=max_pixels, resize=resize,
+                         run_timeout=run_timeout)
         raise typer.Exit(video_cmd.run_video(engine, inputs[0], output, video_options, model_path=model))
 
     from .explain_run import ExplainOptions, run_explain
@@ -134,7 +137,8 @@ def explain(
         raise typer.Exit(run_ray_explain(ray_address, inputs, output, model, options, device=device.value,
                                          threads=threads, max_pixels=max_pixels, resize=resize, recursive=recursive))
     items = collect_inputs(inputs, recursive=recursive)
-    engine = load_engine(model, device, threads, max_pixels=max_pixels, resize=resize)
+    engine = load_engine(model, device, threads, max_pixels=max_pixels, resize=resize,
+                         run_timeout=run_timeout)
     if "scorecam" in methods and not json_lines:
         warn_line(SCORECAM_SLOW)
     if len(methods) > 1:
