@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .model_folder import ModelFolder, imagenet_labels
     from .render import overlay
     from .results import ExplainResult, ImageFailure, Prediction, TargetMap
-    from .targets import ClassTarget, DifferenceTarget, RankTarget, ScoreTarget, Target
+    from .targets import ClassTarget, DifferenceTarget, PerImage, RankTarget, ScoreTarget, Target
 
 __version__ = "0.1.0"
 
@@ -41,6 +41,7 @@ _LAZY: dict[str, str] = {
     "MethodReport": ".evaluation",
     "ModelFolder": ".model_folder",
     "ModelLoadingError": ".errors",
+    "PerImage": ".targets",
     "Prediction": ".results",
     "RankTarget": ".targets",
     "ScoreTarget": ".targets",
@@ -75,6 +76,7 @@ __all__ = [
     "MethodReport",
     "ModelFolder",
     "ModelLoadingError",
+    "PerImage",
     "Prediction",
     "RankTarget",
     "ScoreTarget",
