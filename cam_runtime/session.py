@@ -24,6 +24,7 @@ from .errors import GraphMismatchError, InvalidArgumentError, ModelRunError, Run
 from .heads import GraphHead, Head
 from .manifest import Manifest
 from .providers import CUDA, import_onnxruntime
+from .targets import check_top_k
 
 DEFAULT_RUN_TIMEOUT_S = 600.0
 """Default per-run time limit (one batch through the model); generous: a hang, not a slow model, is the target."""
@@ -298,8 +299,7 @@ class ModelSession:
         """Probabilities and the CAMs of the top-k classes, computed on the session's device (``device_maps``)."""
         if not self.device_maps:
             raise InvalidArgumentError("this engine was loaded without device_maps")
-        if not 1 <= top_k <= self.manifest.num_classes:
-            raise InvalidArgumentError(f"top_k must be in [1, {self.manifest.num_classes}], got {top_k}")
+        check_top_k(top_k, self.manifest.num_classes)
         probs, maps, classes = self.fetch([self.manifest.outputs.probabilities, dm.MAPS, dm.CLASSES], batch,
                                           {dm.TOP_K: dm.top_k_feed(top_k)})
         n = batch.shape[0]

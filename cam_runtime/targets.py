@@ -173,6 +173,12 @@ Targets = Union[None, ClassSpec, Sequence[ClassSpec], Sequence[Sequence[ClassSpe
 list of lists); a class is an id, a label or a target object."""
 
 
+def check_top_k(top_k: int, num_classes: int, option: str = "top_k") -> None:
+    """The one check of a top-k count: 1 ≤ top_k ≤ K (``option`` names it in the error, e.g. "--top-k")."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or not 1 <= top_k <= num_classes:
+        raise InvalidArgumentError(f"{option} must be in [1, {num_classes}], got {top_k}")
+
+
 def normalise_label(label: str) -> str:
     """A label as matched: lower case, '_' and '-' as spaces, runs of spaces collapsed ("Egyptian cat" ==
     "egyptian_cat")."""
@@ -263,8 +269,7 @@ class TargetRequest:
     def parse(cls, classes: Targets, top_k: int, num_classes: int) -> TargetRequest:
         """Normalise ``classes`` (None, one class, a list, a list of lists or :class:`PerImage`)."""
         if classes is None:
-            if not 1 <= top_k <= num_classes:
-                raise InvalidArgumentError(f"top_k must be in [1, {num_classes}], got {top_k}")
+            check_top_k(top_k, num_classes)
             return cls(top_k)
         if isinstance(classes, PerImage) or is_per_image(classes):
             rows = classes.rows if isinstance(classes, PerImage) else classes

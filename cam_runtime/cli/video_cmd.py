@@ -147,7 +147,7 @@ def run_video(engine: CamEngine, source: VideoInput, output: Path, options: Vide
 
     ``source``: a path, URL, camera index, or anything :func:`cam_runtime.video.iter_explain_video` reads.
     """
-    from cam_runtime.errors import InvalidArgumentError, OutputExistsError, VideoError
+    from cam_runtime.errors import OutputExistsError, VideoError
     from cam_runtime.jobs.explain_folder import sigterm_as_exit, version
     from cam_runtime.outputs import OutputLayout, remove_stale_temps
     from cam_runtime.report import now_iso, thumbnail_data_uri
@@ -163,8 +163,10 @@ def run_video(engine: CamEngine, source: VideoInput, output: Path, options: Vide
     if options.classes:
         for spec in options.classes:
             engine.class_id(spec)
-    elif not 1 <= options.top_k <= engine.num_classes:
-        raise InvalidArgumentError(f"--top-k must be in [1, {engine.num_classes}], got {options.top_k}")
+    else:
+        from cam_runtime.targets import check_top_k
+
+        check_top_k(options.top_k, engine.num_classes, "--top-k")
     layout = OutputLayout(output)
     layout.check_writable()
     key = _output_key(source)

@@ -29,6 +29,7 @@ from cam_runtime.report import (
     thumbnail_from_file,
 )
 from cam_runtime.results import ExplainResult, ImageFailure
+from cam_runtime.targets import check_top_k
 
 if TYPE_CHECKING:
     from cam_runtime.engine import CamEngine
@@ -105,8 +106,8 @@ class ExplainOptions:
         """The classes exist in the model and top-k fits its classes (before anything is written)."""
         for spec in self.classes or []:
             engine.class_id(spec)
-        if self.classes is None and not 1 <= self.top_k <= engine.num_classes:
-            raise InvalidArgumentError(f"--top-k must be in [1, {engine.num_classes}], got {self.top_k}")
+        if self.classes is None:
+            check_top_k(self.top_k, engine.num_classes, "--top-k")
 
     @property
     def targets_per_image(self) -> int:
