@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from . import device_maps as dm
 from .boxes import DEFAULT_THRESHOLD
-from .errors import GraphMismatchError, HeadKindError, InvalidArgumentError
+from .errors import GraphMismatchError, HeadKindError, InvalidArgumentError, RunTimeoutError
 from .heads import GraphHead, Head, LinearHead
 from .imaging import DEFAULT_MAX_PIXELS, AlphaMode, ChannelOrder, DecodedImage, ImageInput, load_image
 from .methods import CamMethod, get_method
@@ -138,6 +138,8 @@ class CamEngine:
         if warmup:
             try:
                 engine.warmup()
+            except RunTimeoutError:
+                raise  # its own message says what to raise; "does not match the manifest" would mislead
             except Exception as exc:  # a graph that loads but cannot run (bad shapes inside, unsupported op)
                 raise GraphMismatchError(f"running {folder.model_path.name} on a zero batch failed: "
                                          f"{str(exc).strip().splitlines()[0][:300]}") from None

@@ -238,6 +238,7 @@ class ModelSession:
                  extra: dict[str, npt.NDArray[Any]] | None) -> list[npt.NDArray[Any]]:
         ort = import_onnxruntime()
         run_options = ort.RunOptions()
+        run_options.log_severity_level = 4  # a failed or stopped run is reported by the error raised here, once
         with WATCHDOG.guard(run_options, self.run_timeout):
             try:
                 return self._fetch(names, batch, extra, run_options)
