@@ -10,19 +10,19 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .annotations import read_boxes
     from .boxes import Box, boxes_from_map
     from .engine import CamEngine
     from .errors import CamError, ImageError, ModelLoadingError
     from .evaluation import EvaluationReport, MethodReport, evaluate, evaluate_method, load_samples
-    from .folders import iter_image_files
+    from .ground_truth_boxes import read_boxes
+    from .image_files import iter_image_files
     from .imaging import load_image
     from .manifest import Manifest, read_manifest
     from .methods import METHODS, get_method
     from .model_folder import ModelFolder, imagenet_labels
     from .render import overlay
     from .results import ExplainResult, ImageFailure, Prediction, TargetMap
-    from .targets import ClassTarget, DifferenceTarget, RankTarget, ScoreTarget, Target
+    from .targets import ClassTarget, DifferenceTarget, PerImage, RankTarget, ScoreTarget, Target
 
 __version__ = "0.1.0"
 
@@ -41,6 +41,7 @@ _LAZY: dict[str, str] = {
     "MethodReport": ".evaluation",
     "ModelFolder": ".model_folder",
     "ModelLoadingError": ".errors",
+    "PerImage": ".targets",
     "Prediction": ".results",
     "RankTarget": ".targets",
     "ScoreTarget": ".targets",
@@ -51,11 +52,11 @@ _LAZY: dict[str, str] = {
     "evaluate_method": ".evaluation",
     "get_method": ".methods",
     "imagenet_labels": ".model_folder",
-    "iter_image_files": ".folders",
+    "iter_image_files": ".image_files",
     "load_image": ".imaging",
     "load_samples": ".evaluation",
     "overlay": ".render",
-    "read_boxes": ".annotations",
+    "read_boxes": ".ground_truth_boxes",
     "read_manifest": ".manifest",
 }
 """Public name → the submodule that defines it."""
@@ -75,6 +76,7 @@ __all__ = [
     "MethodReport",
     "ModelFolder",
     "ModelLoadingError",
+    "PerImage",
     "Prediction",
     "RankTarget",
     "ScoreTarget",

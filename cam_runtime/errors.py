@@ -428,3 +428,29 @@ class VideoWriteError(OutputError):
 
     def __init__(self, path: str | Path, reason: str) -> None:
         super().__init__(f"cannot write video {path}: {reason}")
+
+
+# --- running the model ---------------------------------------------------------------------------
+
+
+class ModelRunError(CamError, RuntimeError):
+    """A model run failed or returned outputs that cannot be used (wrong shape, not finite)."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"model run failed: {problem}")
+
+
+class RunTimeoutError(ModelRunError, TimeoutError):
+    """A model run took longer than the per-run time limit and was stopped (``run_timeout``)."""
+
+    def __init__(self, limit_s: float) -> None:
+        super().__init__(f"stopped after {limit_s:g} s (the per-batch time limit; raise run_timeout / "
+                         "--run-timeout if the model is just slow)")
+
+
+class ResumeMismatchError(OutputError, ValueError):
+    """--skip-existing found records made by another model folder, method or options."""
+
+    def __init__(self, record: str | Path, difference: str) -> None:
+        super().__init__(f"cannot resume: {record} was made by a different run ({difference}); use "
+                         "--redo-mismatched to redo such images or --force to start over")

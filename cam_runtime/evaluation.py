@@ -33,10 +33,10 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from .annotations import Annotations, GroundTruthBox
 from .boxes import DEFAULT_THRESHOLD, boxes_from_map
 from .engine import CamEngine
 from .errors import CamError, InvalidArgumentError, UnknownClassError, UnsafePathError
+from .ground_truth_boxes import Annotations, GroundTruthBox
 from .imaging import DecodedImage
 from .maps import heatmap_at, upsample
 from .preprocess import resize_image

@@ -34,6 +34,26 @@ Score = Literal["logit", "probability"]
 SCORES: tuple[str, ...] = ("logit", "probability")
 
 
+ScoreFunction = Callable[[FloatArray], FloatArray]
+"""Runs the model on a batch of input tensors and returns probabilities [B, K]."""
+
+
+@dataclass(frozen=True)
+class ForwardRunner:
+    """The model's forward pass and the preprocessed inputs of the batch being explained.
+
+    Given (as ``HeadInputs.model``) to the methods that declare ``needs_model``: they run their own masked
+    forward passes through it (Score-CAM), as torch-cam's methods hook their own inputs.
+    """
+
+    inputs: FloatArray
+    """[N, H, W, 3] or [N, 3, H, W], as the graph takes them."""
+    layout: str
+    """"NHWC" or "NCHW"."""
+    predict: ScoreFunction
+    """Probabilities [B, K] of a batch of inputs."""
+
+
 @dataclass(frozen=True)
 class HeadInputs:
     """What every method needs: features, probabilities, the head and the target classes.
@@ -52,6 +72,8 @@ class HeadInputs:
     """[N, T]: targets whose direction is their own score's (the method's logit/probability choice is ignored)."""
     head: Head | None = None
     """The head after the features (default: a LinearHead on ``weights`` with zero bias)."""
+    model: ForwardRunner | None = None
+    """The model's forward pass on this batch, for methods that declare ``needs_model``."""
 
     def __post_init__(self) -> None:
         n, _, _, c = self.features.shape
@@ -176,15 +198,34 @@ def relu(x: FloatArray) -> FloatArray:
 
 
 class CamMethod(ABC):
-    """A class activation map method: maps at feature resolution from the head's inputs."""
+    """A class activation map method: maps at feature resolution from the head's inputs.
+
+    The protocol with the engine: ``maps`` gets everything through :class:`HeadInputs`; a method that runs the
+    model itself declares ``needs_model`` and finds a :class:`ForwardRunner` in ``HeadInputs.model``; a method
+    whose maps follow from on-device CAMs says how in :meth:`from_device_cams`. The engine names no method.
+    """
 
     name: ClassVar[str]
-    class_specific: ClassVar[bool] = True
     needs_model: ClassVar[bool] = False
+    """True: ``maps`` needs ``HeadInputs.model`` (the pipeline then keeps the batch's inputs for it)."""
 
     @abstractmethod
     def maps(self, head: HeadInputs) -> FloatArray:
         """Raw maps [N, T, h, w] (each method's own formula, its ReLU included where it has one)."""
+
+    def from_device_cams(self) -> Callable[[FloatArray], FloatArray] | None:
+        """How this method's top-k maps follow from CAMs computed on the device for a linear head (a function
+        of the [N, T, h, w] CAMs), or None when it needs the features (the default)."""
+        return None
+
+
+def _identity(maps: FloatArray) -> FloatArray:
+    return maps
+
+
+def _relu_mean(maps: FloatArray) -> FloatArray:
+    """Grad-CAM / HiResCAM (score = logit) from CAM: the gradient is W[:, c] / (h·w) at every position."""
+    return relu(maps) / np.float32(maps.shape[-2] * maps.shape[-1])
 
 
 class CAM(CamMethod):
@@ -194,6 +235,10 @@ class CAM(CamMethod):
 
     def maps(self, head: HeadInputs) -> FloatArray:
         return weighted_sum(head.features, head.class_weights())
+
+    def from_device_cams(self) -> Callable[[FloatArray], FloatArray] | None:
+        """CAM is what the device computes."""
+        return _identity
 
 
 class _GradientMethod(CamMethod):
@@ -239,6 +284,10 @@ class GradCAM(_GradientMethod):
 
     name = "gradcam"
 
+    def from_device_cams(self) -> Callable[[FloatArray], FloatArray] | None:
+        """With score = logit: ReLU(CAM) / (h·w)."""
+        return _relu_mean if self.score == "logit" else None
+
     @staticmethod
     def closed_form(features: FloatArray, gradients: FloatArray) -> FloatArray:
         return relu(weighted_sum(features, gradients))
@@ -252,6 +301,10 @@ class HiResCAM(_GradientMethod):
     """Draelos & Carin 2020: ReLU(Σ_k dS/dA_ijk · A_ijk); equals Grad-CAM when the gradient is constant."""
 
     name = "hirescam"
+
+    def from_device_cams(self) -> Callable[[FloatArray], FloatArray] | None:
+        """With score = logit: ReLU(CAM) / (h·w) (the gradient is constant, as for Grad-CAM)."""
+        return _relu_mean if self.score == "logit" else None
 
     @staticmethod
     def closed_form(features: FloatArray, gradients: FloatArray) -> FloatArray:
@@ -329,7 +382,6 @@ class EigenCAM(CamMethod):
     component. Class-agnostic; the sign is fixed so the map correlates positively with Σ_k A_k."""
 
     name = "eigencam"
-    class_specific = False
 
     def maps(self, head: HeadInputs) -> FloatArray:
         n, h, w, c = head.features.shape
@@ -347,10 +399,6 @@ class EigenCAM(CamMethod):
                 projection = -projection
             out[i] = projection.reshape(h, w).astype(np.float32)
         return out
-
-
-ScoreFunction = Callable[[FloatArray], FloatArray]
-"""Runs the model on a batch of input tensors and returns probabilities [B, K]."""
 
 
 class ScoreCAM(CamMethod):
@@ -377,17 +425,22 @@ class ScoreCAM(CamMethod):
         self.score_fn: ScoreFunction | None = None
 
     def bind(self, inputs: FloatArray, layout: str, score_fn: ScoreFunction) -> ScoreCAM:
-        """Attach the preprocessed inputs and a model runner before calling :meth:`maps`."""
+        """Attach the preprocessed inputs and a model runner for calls whose HeadInputs have no ``model``."""
         self.inputs, self.layout, self.score_fn = inputs, layout, score_fn
         return self
 
     def maps(self, head: HeadInputs) -> FloatArray:
-        if self.inputs is None or self.score_fn is None:
-            raise InvalidArgumentError("ScoreCAM needs the model: call bind(inputs, layout, score_fn) first")
+        model = head.model
+        if model is None:
+            if self.inputs is None or self.score_fn is None:
+                raise InvalidArgumentError("ScoreCAM needs the model: pass HeadInputs(model=ForwardRunner(...)) "
+                                           "or call bind(inputs, layout, score_fn) first")
+            model = ForwardRunner(self.inputs, self.layout, self.score_fn)
         import cv2
 
+        inputs, layout, score_fn = model.inputs, model.layout, model.predict
         n, h, w, _c = head.features.shape
-        height, width = (self.inputs.shape[2:4] if self.layout == "NCHW" else self.inputs.shape[1:3])
+        height, width = (inputs.shape[2:4] if layout == "NCHW" else inputs.shape[1:3])
         out = np.zeros((n, head.classes.shape[1], h, w), dtype=np.float32)
         for i in range(n):
             features = head.features[i]
@@ -401,9 +454,8 @@ class ScoreCAM(CamMethod):
                 low = masks.min(axis=(1, 2), keepdims=True)
                 span = masks.max(axis=(1, 2), keepdims=True) - low
                 masks = np.divide(masks - low, span, out=np.zeros_like(masks), where=span > 0)
-                mask_axis = masks[:, None] if self.layout == "NCHW" else masks[..., None]
-                scores[start:start + len(chunk)] = self.score_fn(
-                    (self.inputs[i][None] * mask_axis).astype(np.float32))
+                mask_axis = masks[:, None] if layout == "NCHW" else masks[..., None]
+                scores[start:start + len(chunk)] = score_fn((inputs[i][None] * mask_axis).astype(np.float32))
                 flat_spans = span.reshape(-1)
                 scores[start:start + len(chunk)][flat_spans <= 0] = 0.0
             selected = features[:, :, channels]  # [h, w, M]

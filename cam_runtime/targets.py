@@ -9,14 +9,14 @@ closed forms: dScore/dA_ijk = (W · direction)_k / (h·w).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeGuard, Union, cast
 
 import numpy as np
 import numpy.typing as npt
 
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, UnknownClassError
 
 FloatArray = npt.NDArray[np.float32]
 ClassLookup = Callable[[int | str], int]
@@ -152,3 +152,198 @@ class ScoreTarget(Target):
             g = self._derivative(p)
             direction = p * (g - float(p @ g))  # softmax Jacobian (symmetric) applied to dfn/dp
         return ResolvedTarget(int(np.argmax(np.abs(direction))), self.name, direction, fixed_score=True)
+
+
+ClassSpec = Union[int, str, Target]
+"""One class: an id, a label, or a target object."""
+
+
+@dataclass(frozen=True)
+class PerImage:
+    """The explicit per-image form: one list of classes for each image, in input order.
+
+    A list of lists passed as ``classes`` means the same (the form is guessed from the nesting); this says it.
+    """
+
+    rows: Sequence[Sequence[ClassSpec]]
+
+
+Targets = Union[None, ClassSpec, Sequence[ClassSpec], Sequence[Sequence[ClassSpec]], PerImage]
+"""None (top-k), one class, classes for every image, or one list of classes per image (:class:`PerImage`, or a
+list of lists); a class is an id, a label or a target object."""
+
+
+def check_top_k(top_k: int, num_classes: int, option: str = "top_k") -> None:
+    """The one check of a top-k count: 1 ≤ top_k ≤ K (``option`` names it in the error, e.g. "--top-k")."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or not 1 <= top_k <= num_classes:
+        raise InvalidArgumentError(f"{option} must be in [1, {num_classes}], got {top_k}")
+
+
+def normalise_label(label: str) -> str:
+    """A label as matched: lower case, '_' and '-' as spaces, runs of spaces collapsed ("Egyptian cat" ==
+    "egyptian_cat")."""
+    return " ".join(label.lower().replace("_", " ").replace("-", " ").split())
+
+
+class ClassIndex:
+    """Class ids from ids or labels (case- and separator-insensitive), with suggestions for typos."""
+
+    def __init__(self, labels: Sequence[str]) -> None:
+        self.labels = tuple(labels)
+        self._by_label: dict[str, list[int]] = {}
+        for i, label in enumerate(self.labels):
+            self._by_label.setdefault(normalise_label(label), []).append(i)
+
+    @property
+    def num_classes(self) -> int:
+        """K."""
+        return len(self.labels)
+
+    def class_id(self, target: ClassSpec) -> int:
+        """A class id from an id or a label (case-insensitive); ambiguous labels must be given by id."""
+        if isinstance(target, ClassTarget):
+            return self.class_id(target.target)
+        if isinstance(target, bool):
+            raise UnknownClassError(target, "expected an int id or a label")
+        if isinstance(target, int | np.integer):
+            if not 0 <= int(target) < self.num_classes:
+                raise UnknownClassError(target, f"id must be in [0, {self.num_classes - 1}]")
+            return int(target)
+        if isinstance(target, str):
+            if target.strip().lstrip("-").isdigit():
+                return self.class_id(int(target))
+            ids = self.label_ids(target)
+            if not ids:
+                raise UnknownClassError(target, f"no such label{self._suggestion(target)}")
+            if len(ids) > 1:
+                raise UnknownClassError(target, f"label is ambiguous (ids {ids}); give the id instead")
+            return ids[0]
+        raise UnknownClassError(target, "expected an int id or a label")
+
+    def label_ids(self, target: str) -> list[int]:
+        """Ids whose label matches ``target`` ignoring case and separators; "tabby, tabby cat" (a WordNet synonym
+        list) matches when the parts that are labels all name the same class."""
+        ids = self._by_label.get(normalise_label(target))
+        if ids or "," not in target:
+            return list(ids or [])
+        found = {tuple(self._by_label[key]) for key in map(normalise_label, target.split(","))
+                 if key in self._by_label}
+        return list(found.pop()) if len(found) == 1 else []
+
+    def _suggestion(self, target: str) -> str:
+        import difflib
+
+        close = difflib.get_close_matches(normalise_label(target), list(self._by_label), n=3, cutoff=0.75)
+        if not close:
+            return ""
+        names = [self.labels[self._by_label[key][0]] for key in close]
+        return f"; did you mean {' or '.join(repr(n) for n in names)}?"
+
+    def check(self, spec: ClassSpec) -> None:
+        """Validate one class or target object before any image is decoded (labels exist, ranks fit)."""
+        if isinstance(spec, Target) and not isinstance(spec, ClassTarget):
+            spec.validate(self.class_id, self.num_classes)
+        else:
+            self.class_id(spec)
+
+
+@dataclass(frozen=True)
+class ResolvedTargets:
+    """The targets of a batch: class ids [N, T] and, for target objects, directions, fixed-score flags, labels."""
+
+    ids: npt.NDArray[np.intp]
+    directions: npt.NDArray[np.float32] | None = None
+    fixed_score: npt.NDArray[np.bool_] | None = None
+    labels: list[list[str]] | None = None
+
+
+@dataclass(frozen=True)
+class TargetRequest:
+    """What the caller asked for, in one normal form: top-k, shared classes, or one row of classes per image."""
+
+    top_k: int
+    shared: tuple[ClassSpec, ...] | None = None
+    per_image: tuple[tuple[ClassSpec, ...], ...] | None = None
+
+    @classmethod
+    def parse(cls, classes: Targets, top_k: int, num_classes: int) -> TargetRequest:
+        """Normalise ``classes`` (None, one class, a list, a list of lists or :class:`PerImage`)."""
+        if classes is None:
+            check_top_k(top_k, num_classes)
+            return cls(top_k)
+        if isinstance(classes, PerImage) or is_per_image(classes):
+            rows = classes.rows if isinstance(classes, PerImage) else classes
+            return cls(top_k, per_image=tuple(tuple(row) for row in rows))
+        if isinstance(classes, int | str | np.integer | Target):
+            return cls(top_k, shared=(classes,))
+        items = tuple(cast("Sequence[ClassSpec]", classes))
+        if not items:
+            raise InvalidArgumentError("classes must not be empty")
+        return cls(top_k, shared=items)
+
+    @property
+    def has_objects(self) -> bool:
+        """True when some class is a target object (directions, custom labels) rather than an id or label."""
+        rows = self.per_image or ((self.shared,) if self.shared else ())
+        return any(isinstance(c, Target) for row in rows for c in row)
+
+    def validate(self, index: ClassIndex, total: int | None = None) -> None:
+        """Check every label, rank and row length before any image is decoded."""
+        if self.per_image is not None:
+            if total is not None and len(self.per_image) != total:
+                raise InvalidArgumentError(f"per-image classes: got {len(self.per_image)} lists for {total} images")
+            if len({len(r) for r in self.per_image}) > 1 or any(not r for r in self.per_image):
+                raise InvalidArgumentError("per-image class lists must all have the same, non-zero length")
+        for row in self.per_image or ((self.shared,) if self.shared else ()):
+            for spec in row:
+                index.check(spec)
+
+    def rows_for(self, positions: Sequence[int]) -> list[tuple[ClassSpec, ...]]:
+        """The classes of the images at ``positions`` (input order), for shared or per-image requests."""
+        if self.per_image is not None:
+            if positions and max(positions) >= len(self.per_image):
+                raise InvalidArgumentError(f"per-image classes: got {len(self.per_image)} lists for more images")
+            return [self.per_image[p] for p in positions]
+        assert self.shared is not None
+        return [self.shared] * len(positions)
+
+    def resolve(self, index: ClassIndex, probabilities: FloatArray, positions: Sequence[int],
+                logits: FloatArray | None = None) -> ResolvedTargets:
+        """The targets of a batch of images at ``positions`` from their probabilities (and logits, for objects)."""
+        n = probabilities.shape[0]
+        if self.shared is None and self.per_image is None:
+            return ResolvedTargets(np.argsort(-probabilities, axis=1, kind="stable")[:, :self.top_k])
+        rows = self.rows_for(positions)
+        if len({len(r) for r in rows}) > 1 or any(not r for r in rows):
+            raise InvalidArgumentError("per-image class lists must all have the same, non-zero length")
+        if not self.has_objects:
+            ids = [[index.class_id(c) for c in row] for row in rows]
+            return ResolvedTargets(np.asarray(ids, dtype=np.intp).reshape(n, -1))
+        k = index.num_classes
+        zeros = np.zeros(k, dtype=np.float32)
+        resolved = [[(spec if isinstance(spec, Target) else ClassTarget(spec)).resolve(
+            index.class_id, index.labels, probabilities[i], logits[i] if logits is not None else zeros)
+            for spec in row] for i, row in enumerate(rows)]
+        t = len(rows[0]) if rows else 0
+        ids_array = np.array([[r.class_id for r in row] for row in resolved], dtype=np.intp).reshape(n, t)
+        directions = np.zeros((n, t, k), dtype=np.float32)
+        fixed = np.zeros((n, t), dtype=bool)
+        for i, row_targets in enumerate(resolved):
+            for j, r in enumerate(row_targets):
+                if r.direction is None:
+                    directions[i, j, r.class_id] = 1.0
+                else:
+                    directions[i, j] = r.direction
+                fixed[i, j] = r.fixed_score
+        labels = [[r.label or index.labels[r.class_id] for r in row] for row in resolved]
+        return ResolvedTargets(ids_array, directions, fixed, labels)
+
+
+def is_per_image(classes: object) -> TypeGuard[Sequence[Sequence[ClassSpec]]]:
+    """True for the per-image form: :class:`PerImage`, or a non-empty list whose items are all lists."""
+    if isinstance(classes, PerImage):
+        return True
+    if classes is None or isinstance(classes, int | str | np.integer | Target):
+        return False
+    items = list(cast("Sequence[object]", classes))
+    return bool(items) and all(isinstance(c, list | tuple) for c in items)

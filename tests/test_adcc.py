@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cam_runtime.annotations import read_boxes
 from cam_runtime.engine import CamEngine
 from cam_runtime.evaluation import adcc_from_parts, coherency, evaluate_method, load_samples
+from cam_runtime.ground_truth_boxes import read_boxes
 from cam_runtime.maps import upsample
 from cam_runtime.preprocess import resize_image
 

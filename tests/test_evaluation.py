@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cam_runtime.annotations import GroundTruthBox, read_boxes, read_boxes_csv, read_voc_xml
 from cam_runtime.boxes import box_iou
 from cam_runtime.cli import app
 from cam_runtime.curves_plot import curves_png
@@ -29,6 +28,7 @@ from cam_runtime.evaluation import (
     pixels_to_tensor,
     pointing_hit,
 )
+from cam_runtime.ground_truth_boxes import GroundTruthBox, read_boxes, read_boxes_csv, read_voc_xml
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "models" / "fixtures" / "shapes"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cam_runtime.annotations import read_boxes
 from cam_runtime.engine import CamEngine
 from cam_runtime.evaluation import MethodReport, Sample, evaluate_method, load_samples
+from cam_runtime.ground_truth_boxes import read_boxes
 from cam_runtime.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +87,7 @@ def test_a_shifted_map_misses(shapes_engine: CamEngine, shapes_samples: list[Sam
     """The metric can fail: moving every box away from the object drops the pointing game to near zero."""
     from dataclasses import replace
 
-    from cam_runtime.annotations import GroundTruthBox
+    from cam_runtime.ground_truth_boxes import GroundTruthBox
 
     moved = []
     for s in shapes_samples[:40]:

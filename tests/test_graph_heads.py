@@ -298,8 +298,8 @@ def test_head_graphs_alone_match_tape(arch: str) -> None:
 def test_trained_hidden_head_points_at_the_glyph(tmp_path: Path) -> None:
     """A small CNN with GAP → Dense(32, relu) → Dense(5) trained on the shapes data: Grad-CAM through the
     gradient graph must point inside the glyph's box on ≥ 90% of held-out images."""
-    from cam_runtime.annotations import GroundTruthBox
     from cam_runtime.evaluation import pointing_hit
+    from cam_runtime.ground_truth_boxes import GroundTruthBox
     from export.shapes_data import CLASSES, make_dataset
 
     keras.backend.clear_session()

@@ -168,3 +168,7 @@ def test_cli_matches_single_process_cli_and_resumes(cluster: str, inputs: Path, 
     assert keys == Counter(list(ours))  # still exactly one record per input
     assert (out / victim["overlays"][1]).stat().st_size > 0
     assert len(record_files(out)) >= before
+
+    other = camr("explain", "--ray", cluster, inputs, uri, "-o", out, "--skip-existing", "-m", MODEL, "-k", "2",
+                 "--method", "layercam", "-b", "8")
+    assert other.returncode == 2 and "different run" in other.stderr and "--redo-mismatched" in other.stderr

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cam_runtime.annotations import read_boxes
 from cam_runtime.engine import CamEngine
 from cam_runtime.errors import InvalidArgumentError
 from cam_runtime.evaluation import evaluate_method, load_samples
+from cam_runtime.ground_truth_boxes import read_boxes
 from cam_runtime.road import NEIGHBOUR_WEIGHTS, impute_linear, removal_masks, road
 from torch_reference import import_pytorch_grad_cam
 

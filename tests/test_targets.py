@@ -127,3 +127,58 @@ def test_bad_targets_fail_before_any_image_is_read(engine: CamEngine) -> None:
 def test_a_score_of_the_wrong_shape_is_refused(engine: CamEngine, image: np.ndarray) -> None:
     with pytest.raises(InvalidArgumentError, match="must map"):
         engine.explain(image, classes=ScoreTarget(lambda z: z))
+
+
+def test_class_index_looks_up_ids_and_labels() -> None:
+    from cam_runtime.targets import ClassIndex
+
+    index = ClassIndex(["tabby cat", "Egyptian_cat", "dog", "dog"])
+    assert index.class_id(1) == 1 and index.class_id("2") == 2 and index.class_id("egyptian-CAT") == 1
+    assert index.class_id(ClassTarget("Tabby Cat")) == 0
+    assert index.class_id("tabby, tabby cat") == 0  # a WordNet synonym list naming one class
+    with pytest.raises(UnknownClassError, match="ambiguous"):
+        index.class_id("dog")
+    with pytest.raises(UnknownClassError, match="did you mean 'tabby cat'"):
+        index.class_id("taby cat")
+    with pytest.raises(UnknownClassError, match=r"\[0, 3\]"):
+        index.class_id(4)
+    with pytest.raises(UnknownClassError):
+        index.class_id(True)
+
+
+def test_target_request_normal_forms() -> None:
+    from cam_runtime.targets import ClassIndex, PerImage, TargetRequest
+
+    index = ClassIndex(["a", "b", "c"])
+    probs = np.array([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]], np.float32)
+    assert TargetRequest.parse(None, 2, 3).resolve(index, probs, [0, 1]).ids.tolist() == [[1, 2], [0, 2]]
+    assert TargetRequest.parse("c", 1, 3).resolve(index, probs, [0, 1]).ids.tolist() == [[2], [2]]
+    assert TargetRequest.parse([0, "b"], 1, 3).resolve(index, probs, [0, 1]).ids.tolist() == [[0, 1], [0, 1]]
+    explicit = TargetRequest.parse(PerImage([["a"], ["c"], ["b"]]), 1, 3)
+    guessed = TargetRequest.parse([["a"], ["c"], ["b"]], 1, 3)
+    assert explicit == guessed
+    # Per-image rows follow the images' positions in the input, whatever the batch.
+    assert explicit.resolve(index, probs, [1, 2]).ids.tolist() == [[2], [1]]
+    explicit.validate(index, total=3)
+    with pytest.raises(InvalidArgumentError, match="3 lists for 2 images"):
+        explicit.validate(index, total=2)
+    with pytest.raises(InvalidArgumentError, match="same, non-zero length"):
+        TargetRequest.parse([["a"], ["a", "b"]], 1, 3).validate(index)
+    with pytest.raises(UnknownClassError):
+        TargetRequest.parse([["a"], ["zzz"]], 1, 3).validate(index)
+    with pytest.raises(InvalidArgumentError, match="top_k"):
+        TargetRequest.parse(None, 4, 3)
+    with pytest.raises(InvalidArgumentError, match="must not be empty"):
+        TargetRequest.parse([], 1, 3)
+
+
+def test_per_image_form_through_the_engine(engine: CamEngine, photo_arrays: dict[str, np.ndarray]) -> None:
+    from cam_runtime.targets import PerImage
+
+    images = [photo_arrays["astronaut"], photo_arrays["coffee"]]
+    results = engine.explain(images, classes=PerImage([[3], ["square"]]), batch_size=1)
+    assert [[t.class_id for t in r.targets] for r in results] == [[3], [1]]
+    mixed = engine.explain(images, classes=PerImage([[RankTarget(1)], [DifferenceTarget(1, 2)]]))
+    assert mixed[1].targets[0].class_id == 1 and "−" in mixed[1].targets[0].label
+    with pytest.raises(InvalidArgumentError, match="1 lists for 2 images"):
+        engine.explain(images, classes=PerImage([[1]]))

@@ -175,7 +175,7 @@ def handle_errors(func: F) -> F:
 
 
 def load_engine(model: Path, device: Device | str, threads: int | None, *, max_pixels: int | None = None,
-                resize: str | None = None, warmup: bool = True) -> CamEngine:
+                resize: str | None = None, warmup: bool = True, run_timeout: float | None = None) -> CamEngine:
     """Load a model folder into a CamEngine (imports the runtime lazily so ``--help`` stays fast)."""
     from cam_runtime.engine import CamEngine
     from cam_runtime.imaging import DEFAULT_MAX_PIXELS
@@ -185,8 +185,11 @@ def load_engine(model: Path, device: Device | str, threads: int | None, *, max_p
         from cam_runtime.errors import InvalidArgumentError
 
         raise InvalidArgumentError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+    from cam_runtime.session import DEFAULT_RUN_TIMEOUT_S
+
     return CamEngine.load(model, device=Device(device).value, threads=threads,
-                          max_pixels=max_pixels or DEFAULT_MAX_PIXELS, resize=resize, warmup=warmup)
+                          max_pixels=max_pixels or DEFAULT_MAX_PIXELS, resize=resize, warmup=warmup,
+                          run_timeout=run_timeout or DEFAULT_RUN_TIMEOUT_S)
 
 
 def stdout_is_terminal() -> bool:

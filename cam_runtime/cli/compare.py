@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 from cam_runtime.errors import OutputExistsError
 
 from .common import EXIT_OK, EXIT_SOME_FAILED, err_console
+from .explain_run import ExplainOptions, first_existing_output, run_explain
 from .inputs import InputItem
-from .runner import ExplainOptions, first_existing_output, run_explain
 
 if TYPE_CHECKING:
     from cam_runtime.engine import CamEngine

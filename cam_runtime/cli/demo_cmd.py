@@ -76,8 +76,8 @@ def demo(
     """
     from .bench_cmd import example_images
     from .common import load_engine
+    from .explain_run import ExplainOptions, run_explain
     from .inputs import collect_inputs
-    from .runner import ExplainOptions, run_explain
 
     folder = demo_model_folder(weights)
     _ensure_model(folder, weights)

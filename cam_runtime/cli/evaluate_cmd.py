@@ -27,44 +27,21 @@ from .common import (
     warn_line,
 )
 
-REPORT_FILE = "evaluation.json"
-PLOT_FILE = "curves.png"
-
 
 def run_evaluation(model: Path, images: Path, boxes: Path, methods: list[str], *, device: Device | str = "auto",
                    threads: int | None = None, batch_size: int = 16, steps: int = 32, baseline: str = "blur",
                    box_threshold: float = BOX_THRESHOLD, faithfulness: bool = True, adcc: bool = True,
                    road: bool = False, seed: int = 0) -> Any:
-    """Load the model and the boxes, then evaluate every method (returns an EvaluationReport)."""
-    from cam_runtime.annotations import read_boxes
-    from cam_runtime.evaluation import evaluate
-    from cam_runtime.methods import ALIASES, METHODS
-    from cam_runtime.road import DEFAULT_PERCENTILES
+    """Check the methods and read the boxes (before the model loads), then run the evaluation job."""
+    from cam_runtime.ground_truth_boxes import read_boxes
+    from cam_runtime.jobs.evaluate_folder import evaluate_folder, method_names
 
-    names = list(METHODS) if [m.lower() for m in methods] == ["all"] else methods
-    for name in names:
-        if ALIASES.get(name.lower(), name.lower()) not in METHODS:
-            from cam_runtime.errors import UnknownMethodError
-
-            raise UnknownMethodError(name, ["all", *METHODS])
+    names = method_names(methods)
     annotations = read_boxes(boxes)
     engine = load_engine(model, device, threads)
-    return evaluate(engine, images, annotations, names, box_threshold=box_threshold,
-                    steps=steps if faithfulness else None, baseline=baseline,  # type: ignore[arg-type]
-                    batch_size=batch_size, adcc=adcc, road_percentiles=DEFAULT_PERCENTILES if road else None,
-                    seed=seed)
-
-
-def write_outputs(report: Any, output: Path, *, per_image: bool = True) -> tuple[Path, Path]:
-    """``evaluation.json`` and ``curves.png`` in ``output``, each written atomically."""
-    from cam_runtime.curves_plot import curves_png
-    from cam_runtime.outputs import write_bytes_atomic, write_text_atomic
-
-    deletion = {m.method: c for m in report.methods if (c := m.mean_curve("deletion")) is not None}
-    insertion = {m.method: c for m in report.methods if (c := m.mean_curve("insertion")) is not None}
-    plot = write_bytes_atomic(output / PLOT_FILE, curves_png(deletion, insertion))
-    data = json.dumps(report.to_dict(per_image), indent=2, allow_nan=False) + "\n"
-    return write_text_atomic(output / REPORT_FILE, data), plot
+    return evaluate_folder(engine, images, annotations, names, batch_size=batch_size, steps=steps,
+                           baseline=baseline, box_threshold=box_threshold, faithfulness=faithfulness, adcc=adcc,
+                           road=road, seed=seed)
 
 
 def _table(report: Any) -> Any:
@@ -121,13 +98,14 @@ def evaluate(
     Exit status: 0 all annotated images evaluated, 1 some could not be read (listed in the JSON), 2 usage error.
     """
     from cam_runtime.errors import OutputExistsError
+    from cam_runtime.jobs.evaluate_folder import REPORT_FILE, write_evaluation
 
     if (output / REPORT_FILE).exists() and not force:
         raise OutputExistsError(output / REPORT_FILE)
     report = run_evaluation(model, images, boxes, method or ["cam"], device=device, threads=threads,
                             batch_size=batch_size, steps=steps, baseline=baseline, box_threshold=box_threshold,
                             faithfulness=not no_faithfulness, adcc=not no_adcc, road=road, seed=seed)
-    json_path, plot_path = write_outputs(report, output)
+    json_path, plot_path = write_evaluation(report, output)
     if as_json:
         typer.echo(json.dumps({"model": report.model, "settings": report.settings, "failures": report.failures,
                                "methods": [m.summary() for m in report.methods]}, allow_nan=False))

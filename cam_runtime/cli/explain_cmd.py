@@ -65,10 +65,15 @@ def explain(
     json_lines: Annotated[bool, typer.Option("--json", help="One JSON line per image on stdout (nothing else).")]
     = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
-    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Resume: keep images already done.")]
+    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Resume: keep images already done by "
+                                                "the same model folder, method and options.")] = False,
+    redo_mismatched: Annotated[bool, typer.Option("--redo-mismatched", help="With --skip-existing: redo images "
+                                                  "done by another model, method or options (else an error).")]
     = False,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders.")] = False,
     max_pixels: MaxPixelsOpt = 100_000_000,
+    run_timeout: Annotated[float, typer.Option("--run-timeout", min=0.001, help="Seconds one batch may spend in "
+                                               "the model before it is stopped and its images fail.")] = 600.0,
     resize: ResizeOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary table.")] = False,
     every: EveryOpt = 1,
@@ -108,14 +113,13 @@ def explain(
             end=end, smooth=smooth, batch_size=batch_size, alpha=alpha, colormap=colormap, boxes=boxes,
             all_boxes=all_boxes, box_threshold=box_threshold, force=force, quiet=quiet)
         video_options.validate()
-        engine = load_engine(model, device, threads, max_pixels=max_pixels, resize=resize)
+        engine = load_engine(model, device, threads, max_pixels=max_pixels, resize=resize,
+                         run_timeout=run_timeout)
         raise typer.Exit(video_cmd.run_video(engine, inputs[0], output, video_options, model_path=model))
 
+    from .explain_run import ExplainOptions, run_explain
     from .inputs import collect_inputs
-    from .runner import ExplainOptions, run_explain
 
-    if force and skip_existing:
-        raise InvalidArgumentError("--force and --skip-existing exclude each other")
     if classes and top_k is not None:
         raise InvalidArgumentError("--top-k and --class exclude each other (--class explains exactly the classes "
                                    "named)")
@@ -123,7 +127,7 @@ def explain(
                              image_format=image_format, alpha=alpha, colormap=colormap, boxes=boxes,
                              all_boxes=all_boxes, box_threshold=box_threshold, save_heatmaps=save_heatmaps,
                              batch_size=batch_size, json_lines=json_lines, force=force,
-                             skip_existing=skip_existing, quiet=quiet)
+                             skip_existing=skip_existing, redo_mismatched=redo_mismatched, quiet=quiet)
     options.validate()
     if len(methods) == 1:
         methods = [options.method]
@@ -133,7 +137,8 @@ def explain(
         raise typer.Exit(run_ray_explain(ray_address, inputs, output, model, options, device=device.value,
                                          threads=threads, max_pixels=max_pixels, resize=resize, recursive=recursive))
     items = collect_inputs(inputs, recursive=recursive)
-    engine = load_engine(model, device, threads, max_pixels=max_pixels, resize=resize)
+    engine = load_engine(model, device, threads, max_pixels=max_pixels, resize=resize,
+                         run_timeout=run_timeout)
     if "scorecam" in methods and not json_lines:
         warn_line(SCORECAM_SLOW)
     if len(methods) > 1:

@@ -11,10 +11,10 @@ from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
 from cam_runtime.errors import InvalidArgumentError, OutputExistsError
+from cam_runtime.jobs.explain_folder import ExplainOptions
 
 from .common import EXIT_OK, EXIT_SOME_FAILED, err_console, warn_line
 from .inputs import collect_inputs, is_image_name
-from .runner import ExplainOptions
 
 _ADDRESS = re.compile(r"^(local|auto|ray://\S+|[\w.\-]+:\d+)$")
 SUMMARY_FILE = "summary.json"
@@ -67,10 +67,24 @@ def _list_uri(uri: str, recursive: bool) -> list[tuple[str, PurePath, str]]:
     return [(uri, PurePosixPath(PurePosixPath(root).name), uri)]
 
 
+RUN_FILE = "run.json"
+"""In OUTPUT/records: the identity (model digest, method, options) of the run that wrote the records."""
+
+
+def _read_run(path: Path) -> object:
+    """The stored run identity, or None when missing or unreadable (an older run: a mismatch)."""
+    try:
+        return json.loads(path.read_bytes()[:65536])
+    except (OSError, ValueError):
+        return None
+
+
 def run_ray_explain(address: str, inputs: list[str], output: Path, model: Path, options: ExplainOptions, *,
                     device: str, threads: int | None, max_pixels: int, resize: str | None, recursive: bool) -> int:
     """Explain ``inputs`` on a Ray cluster into ``output``; returns the exit code (0, or 1 if some failed)."""
-    from cam_runtime.outputs import OutputLayout, remove_stale_temps
+    from cam_runtime.errors import ResumeMismatchError
+    from cam_runtime.jobs.explain_folder import identity_difference
+    from cam_runtime.outputs import OutputLayout, remove_stale_temps, write_text_atomic
     from cam_runtime.ray import RECORDS_DIR, completed_keys, explain_dataset, import_ray, prune_records, record_files
 
     from .common import load_engine
@@ -79,10 +93,8 @@ def run_ray_explain(address: str, inputs: list[str], output: Path, model: Path, 
     options.validate()
     model = model.absolute()
     engine = load_engine(model, "cpu", 1, max_pixels=max_pixels, resize=resize, warmup=False)  # fail fast here
-    for spec in options.classes or []:
-        engine.class_id(spec)
-    if options.classes is None and not 1 <= options.top_k <= engine.num_classes:
-        raise InvalidArgumentError(f"--top-k must be in [1, {engine.num_classes}], got {options.top_k}")
+    options.check_engine(engine)
+    identity = options.identity(engine)
     del engine
     listed = list_inputs(inputs, recursive=recursive)
     if not listed:
@@ -93,6 +105,13 @@ def run_ray_explain(address: str, inputs: list[str], output: Path, model: Path, 
     keys = [layout.allocate(relative) for _, relative, _ in listed]
     n_targets = options.targets_per_image
     done: set[str] = set()
+    run_file = layout.root / RECORDS_DIR / RUN_FILE
+    if options.skip_existing and record_files(layout.root):
+        difference = identity_difference(_read_run(run_file), identity)
+        if difference is not None and not options.redo_mismatched:
+            raise ResumeMismatchError(run_file, difference)
+        if difference is not None:
+            prune_records(layout.root)  # every record came from the other run: redo them all
     if options.skip_existing:
         done = completed_keys(layout.root) & set(keys)
         redo = set(keys) - done
@@ -107,6 +126,8 @@ def run_ray_explain(address: str, inputs: list[str], output: Path, model: Path, 
             for index in range(n_targets):
                 if layout.path(layout.overlay_name(key, index)).exists():
                     raise OutputExistsError(layout.path(layout.overlay_name(key, index)))
+    # The records of one output folder come from one run: its identity, for the next --skip-existing.
+    write_text_atomic(run_file, json.dumps(identity) + "\n")
     todo = [{"source": source, "key": key, "path": location}
             for (source, _, location), key in zip(listed, keys, strict=True) if key not in done]
 

@@ -147,7 +147,8 @@ def run_video(engine: CamEngine, source: VideoInput, output: Path, options: Vide
 
     ``source``: a path, URL, camera index, or anything :func:`cam_runtime.video.iter_explain_video` reads.
     """
-    from cam_runtime.errors import InvalidArgumentError, OutputExistsError, VideoError
+    from cam_runtime.errors import OutputExistsError, VideoError
+    from cam_runtime.jobs.explain_folder import sigterm_as_exit, version
     from cam_runtime.outputs import OutputLayout, remove_stale_temps
     from cam_runtime.report import now_iso, thumbnail_data_uri
     from cam_runtime.video_report import write_video_report
@@ -158,14 +159,14 @@ def run_video(engine: CamEngine, source: VideoInput, output: Path, options: Vide
         Timeline,
     )
 
-    from .runner import _sigterm_as_exit, _version
-
     options.validate()
     if options.classes:
         for spec in options.classes:
             engine.class_id(spec)
-    elif not 1 <= options.top_k <= engine.num_classes:
-        raise InvalidArgumentError(f"--top-k must be in [1, {engine.num_classes}], got {options.top_k}")
+    else:
+        from cam_runtime.targets import check_top_k
+
+        check_top_k(options.top_k, engine.num_classes, "--top-k")
     layout = OutputLayout(output)
     layout.check_writable()
     key = _output_key(source)
@@ -184,7 +185,7 @@ def run_video(engine: CamEngine, source: VideoInput, output: Path, options: Vide
         preview = False
 
     started = time.perf_counter()
-    meta: dict[str, Any] = {"tool": "cam-runtime", "version": _version(), "created": now_iso(),
+    meta: dict[str, Any] = {"tool": "cam-runtime", "version": version(), "created": now_iso(),
                             "source": f"camera {source}" if isinstance(source, int) else str(source)
                             if isinstance(source, str | Path) else "<frames>",
                             "model": engine.manifest.name, "model_path": str(model_path) if model_path else None,
@@ -213,7 +214,7 @@ def run_video(engine: CamEngine, source: VideoInput, output: Path, options: Vide
     lines: AtomicLineWriter | None = None
     last_index = -1
     try:
-        with _sigterm_as_exit(), stream:
+        with sigterm_as_exit(), stream:
             writer = AtomicVideoWriter(layout.path(names["video"]), fps_out, info.width, info.height,
                                        codec=options.codec)
             lines = AtomicLineWriter(layout.path(names["frames_jsonl"]))
@@ -240,7 +241,7 @@ def run_video(engine: CamEngine, source: VideoInput, output: Path, options: Vide
         status, error, code = "failed", str(exc), EXIT_SOME_FAILED
     except KeyboardInterrupt:
         status, error, code = "interrupted", "interrupted (Ctrl-C)", EXIT_INTERRUPTED
-    except SystemExit as exc:  # SIGTERM, turned into SystemExit by _sigterm_as_exit
+    except SystemExit as exc:  # SIGTERM, turned into SystemExit by sigterm_as_exit
         status, error = "interrupted", "terminated (SIGTERM)"
         code = exc.code if isinstance(exc.code, int) else EXIT_INTERRUPTED
     finally:

@@ -23,6 +23,7 @@ from cam_runtime.errors import InvalidArgumentError, NotReadyError, OverloadedEr
 from cam_runtime.imaging import DecodedImage
 from cam_runtime.methods import get_method
 from cam_runtime.results import ExplainResult
+from cam_runtime.targets import check_top_k
 
 BatchObserver = Callable[[int, float], None]
 """Called after each session run with (images in the run, seconds it took)."""
@@ -47,8 +48,8 @@ class ExplainParams:
                 raise InvalidArgumentError("classes must not be empty")
             for target in self.classes:
                 engine.class_id(target)
-        elif not 1 <= self.top_k <= engine.num_classes:
-            raise InvalidArgumentError(f"top_k must be in [1, {engine.num_classes}], got {self.top_k}")
+        else:
+            check_top_k(self.top_k, engine.num_classes)
         if not 0.0 <= self.box_threshold <= 1.0:
             raise InvalidArgumentError(f"box_threshold must be in [0, 1], got {self.box_threshold}")
 

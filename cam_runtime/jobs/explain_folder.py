@@ -1,21 +1,23 @@
-"""The explain run loop shared by ``explain`` and ``demo``: stream results, write outputs atomically, report."""
+"""The explain-folder job: explain a list of images into an output tree, write each image's outputs atomically and
+its record last, resume (``skip_existing``) only records of the same run, and always write the reports of what
+finished (Ctrl-C, SIGTERM, a write error). No terminal output: callers get each record through ``on_record``."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import stat
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from glob import escape as glob_escape
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from pathlib import Path, PurePath
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cam_runtime.defaults import BOX_THRESHOLD
-from cam_runtime.errors import InvalidArgumentError, OutputExistsError
+from cam_runtime.errors import InvalidArgumentError, OutputExistsError, ResumeMismatchError
 from cam_runtime.outputs import IMAGE_FORMATS, OutputLayout, remove_stale_temps, save_npy_atomic, write_image_atomic
 from cam_runtime.outputs import write_text_atomic as _write_text
 from cam_runtime.report import (
@@ -27,17 +29,38 @@ from cam_runtime.report import (
     thumbnail_from_file,
 )
 from cam_runtime.results import ExplainResult, ImageFailure
-
-from .common import err_console, stdout_is_terminal, warn_line
-from .inputs import InputItem
+from cam_runtime.targets import check_top_k
 
 if TYPE_CHECKING:
     from cam_runtime.engine import CamEngine
 
+RUN_FIELD = "run"
+"""The record field that says which run made it: model folder digest, method, options (see :meth:`identity`)."""
+
+
+class FolderItem(Protocol):
+    """One image to explain: its display name, its path relative to its root, and what the engine reads."""
+
+    @property
+    def source(self) -> str:
+        """Display name (errors, reports)."""
+
+    @property
+    def relative(self) -> PurePath:
+        """Path relative to its root: names the outputs."""
+
+    @property
+    def data(self) -> bytes | None:
+        """Encoded bytes for stdin inputs, else None."""
+
+    @property
+    def engine_input(self) -> Path | bytes:
+        """What :meth:`CamEngine.iter_explain` receives."""
+
 
 @dataclass
 class ExplainOptions:
-    """Everything ``explain`` needs besides the engine, the inputs and the output folder."""
+    """Everything the job needs besides the engine, the inputs and the output folder; checked in one place."""
 
     method: str = "cam"
     top_k: int = 1
@@ -53,10 +76,11 @@ class ExplainOptions:
     json_lines: bool = False
     force: bool = False
     skip_existing: bool = False
+    redo_mismatched: bool = False
     quiet: bool = False
 
     def validate(self) -> None:
-        """Check the options before any model is loaded or file written."""
+        """Check the options before any model is loaded or file written (idempotent)."""
         from cam_runtime.methods import get_method
         from cam_runtime.render import colormap_id
 
@@ -69,24 +93,65 @@ class ExplainOptions:
             raise InvalidArgumentError(f"--format must be one of {', '.join(IMAGE_FORMATS)}, got {self.image_format!r}")
         if not 0.0 < self.box_threshold <= 1.0:
             raise InvalidArgumentError(f"--box-threshold must be in (0, 1], got {self.box_threshold}")
+        if self.batch_size < 1:
+            raise InvalidArgumentError(f"--batch-size must be ≥ 1, got {self.batch_size}")
+        if self.top_k < 1:
+            raise InvalidArgumentError(f"--top-k must be ≥ 1, got {self.top_k}")
         if self.force and self.skip_existing:
             raise InvalidArgumentError("--force and --skip-existing exclude each other")
+        if self.redo_mismatched and not self.skip_existing:
+            raise InvalidArgumentError("--redo-mismatched goes with --skip-existing")
+
+    def check_engine(self, engine: CamEngine) -> None:
+        """The classes exist in the model and top-k fits its classes (before anything is written)."""
+        for spec in self.classes or []:
+            engine.class_id(spec)
+        if self.classes is None:
+            check_top_k(self.top_k, engine.num_classes, "--top-k")
 
     @property
     def targets_per_image(self) -> int:
         """T: the number of maps (and overlays) per image."""
         return len(self.classes) if self.classes else self.top_k
 
+    def identity(self, engine: CamEngine) -> dict[str, Any]:
+        """What makes a record reusable by a resumed run: model folder digest, method, options that shape outputs."""
+        return {"model_sha256": model_digest(engine), "method": self.method,
+                "options": {"top_k": self.top_k, "classes": self.classes, "image_format": self.image_format,
+                            "alpha": self.alpha, "colormap": self.colormap, "boxes": self.boxes,
+                            "all_boxes": self.all_boxes, "box_threshold": self.box_threshold,
+                            "save_heatmaps": self.save_heatmaps}}
+
+
+def model_digest(engine: CamEngine) -> str:
+    """One SHA-256 over the model folder's verified file digests (the manifest's ``sha256`` map)."""
+    digests = json.dumps(sorted(engine.manifest.sha256.items()), separators=(",", ":"))
+    return hashlib.sha256(digests.encode()).hexdigest()
+
+
+def identity_difference(old: object, new: dict[str, Any]) -> str | None:
+    """How a record's run identity differs from this run's, in a few words (None: the same run)."""
+    if not isinstance(old, dict):
+        return "its record has no run identity (an older version made it)"
+    if old.get("model_sha256") != new["model_sha256"]:
+        return "another model folder"
+    if old.get("method") != new["method"]:
+        return f"method {str(old.get('method'))[:40]!r}, this run {new['method']!r}"
+    options = old.get("options")
+    old_options: dict[str, Any] = options if isinstance(options, dict) else {}
+    changed = sorted(k for k, v in new["options"].items() if old_options.get(k) != v)
+    return f"other options: {', '.join(changed)}" if changed else None
+
 
 @contextmanager
-def _sigterm_as_exit() -> Iterator[None]:
+def sigterm_as_exit() -> Iterator[None]:
     """Turn SIGTERM into SystemExit so the reports of the images done so far are still written."""
     def handler(signum: int, frame: Any) -> None:
         raise SystemExit(128 + signum)
 
     try:
         previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (e.g. inside a test runner thread)
+    except ValueError:  # not the main thread (e.g. inside a test runner thread or a server worker)
         yield
         return
     try:
@@ -105,7 +170,7 @@ def _nonempty_file(path: Path) -> bool:
 
 
 def _remove_stale_targets(layout: OutputLayout, key: str, planned: list[str]) -> None:
-    """--force: delete an earlier run's overlays/heatmaps of ``key`` this run will not rewrite (e.g. -k 2 then -k 1)."""
+    """Delete an earlier run's overlays/heatmaps of ``key`` this run will not rewrite (e.g. -k 2 then -k 1)."""
     record = layout.path(layout.record_name(key))
     keep = {layout.path(name).name for name in planned}
     stem = record.name[: -len(".json")]
@@ -135,7 +200,7 @@ def _load_done(layout: OutputLayout, key: str, expected: list[str]) -> dict[str,
     return record
 
 
-def first_existing_output(items: list[InputItem], output: Path, options: ExplainOptions) -> Path | None:
+def first_existing_output(items: Sequence[FolderItem], output: Path, options: ExplainOptions) -> Path | None:
     """The first file a run of ``items`` into ``output`` would write that exists already (None: all absent)."""
     layout = OutputLayout(output, options.image_format)
     names = list(layout.REPORT_FILES)
@@ -144,23 +209,26 @@ def first_existing_output(items: list[InputItem], output: Path, options: Explain
     return next((layout.path(name) for name in names if layout.path(name).exists()), None)
 
 
-def run_explain(engine: CamEngine, items: list[InputItem], output: Path, options: ExplainOptions, *,
-                model_path: Path | None = None, json_fields: dict[str, Any] | None = None) -> Report:
+RecordCallback = Callable[[dict[str, Any], FolderItem], None]
+"""Called after each image's record is final (written or resumed), in input order."""
+
+
+def explain_folder(engine: CamEngine, items: Sequence[FolderItem], output: Path, options: ExplainOptions, *,
+                   model_path: Path | None = None, on_record: RecordCallback | None = None,
+                   on_stale_temps: Callable[[int], None] | None = None) -> Report:
     """Explain ``items`` into ``output``; returns the report (already written as json/csv/html).
 
-    ``json_fields`` are added to each ``--json`` line (not to the files), e.g. the method when comparing methods.
+    Raises before writing anything for bad options, unknown classes, existing outputs (unless ``force`` or
+    ``skip_existing``) and records of another run under ``skip_existing`` (unless ``redo_mismatched``).
     """
     options.validate()
-    if options.classes:
-        for spec in options.classes:
-            engine.class_id(spec)  # unknown labels fail before anything is written
-    if options.classes is None and not 1 <= options.top_k <= engine.num_classes:
-        raise InvalidArgumentError(f"--top-k must be in [1, {engine.num_classes}], got {options.top_k}")
+    options.check_engine(engine)
     layout = OutputLayout(output, options.image_format)
     layout.check_writable()
     stale = remove_stale_temps(layout.root)
-    if stale and not options.json_lines:
-        warn_line(f"removed {stale} temporary file(s) left by an interrupted run in {layout.root}")
+    if stale and on_stale_temps is not None:
+        on_stale_temps(stale)
+    identity = options.identity(engine)
     n_targets = options.targets_per_image
     keys = [layout.allocate(item.relative) for item in items]
     planned = {key: layout.planned(key, n_targets, options.save_heatmaps) for key in keys}
@@ -168,8 +236,15 @@ def run_explain(engine: CamEngine, items: list[InputItem], output: Path, options
     if options.skip_existing:
         for key in keys:
             record = _load_done(layout, key, planned[key][:-1])
-            if record is not None:
-                done[key] = {**record, "resumed": True}
+            if record is None:
+                continue
+            difference = identity_difference(record.get(RUN_FIELD), identity)
+            if difference is None:
+                done[key] = {**{k: v for k, v in record.items() if k != RUN_FIELD}, "resumed": True}
+            elif options.redo_mismatched:
+                _remove_stale_targets(layout, key, planned[key])
+            else:
+                raise ResumeMismatchError(layout.path(layout.record_name(key)), difference)
     elif not options.force:
         for name in [*layout.REPORT_FILES, *(n for key in keys for n in planned[key])]:
             if layout.path(name).exists():
@@ -178,7 +253,7 @@ def run_explain(engine: CamEngine, items: list[InputItem], output: Path, options
         for key in keys:
             _remove_stale_targets(layout, key, planned[key])
 
-    meta = {"tool": "cam-runtime", "version": _version(), "created": now_iso(),
+    meta = {"tool": "cam-runtime", "version": version(), "created": now_iso(),
             "model": engine.manifest.name, "model_path": str(model_path) if model_path else None,
             "device": engine.providers[0] if engine.providers else None, "method": options.method,
             "top_k": options.top_k, "classes": options.classes, "image_format": options.image_format,
@@ -189,9 +264,8 @@ def run_explain(engine: CamEngine, items: list[InputItem], output: Path, options
         (item.engine_input for item, _ in todo), method=options.method, top_k=options.top_k,
         classes=options.classes, batch_size=options.batch_size, box_threshold=options.box_threshold,
         all_boxes=options.all_boxes)
-    show_progress = not options.quiet and not options.json_lines and stdout_is_terminal() and len(items) > 1
     start = time.perf_counter()
-    with _sigterm_as_exit(), _progress(show_progress, len(items)) as advance:
+    with sigterm_as_exit():
         try:
             for item, key in zip(items, keys, strict=True):
                 if key in done:
@@ -201,15 +275,15 @@ def run_explain(engine: CamEngine, items: list[InputItem], output: Path, options
                     report.add(record, "", thumbs)
                 else:
                     outcome = next(stream)
-                    record, input_thumb, thumbs = _write_outputs(outcome, item, key, layout, options)
+                    record, input_thumb, thumbs = _write_outputs(outcome, item, key, layout, options, identity)
                     report.add(record, input_thumb, thumbs)
-                if options.json_lines:
-                    line = {**record, **json_fields} if json_fields else record
-                    sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
-                    sys.stdout.flush()
-                advance(item.source)
+                if on_record is not None:
+                    on_record(record, item)
         except BaseException:
             # A signal can land between mkstemp and the atomic write's own cleanup: sweep what it left.
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()  # stops the pipeline's run in flight (Ctrl-C must not wait for a slow batch)
             remove_stale_temps(layout.root)
             raise
         finally:
@@ -217,19 +291,11 @@ def run_explain(engine: CamEngine, items: list[InputItem], output: Path, options
             if report.records:
                 report.meta["wall_s"] = round(time.perf_counter() - start, 3)
                 report.write(layout)
-    if not options.quiet:
-        _summary(report, layout, time.perf_counter() - start)
-    else:
-        # Quiet drops the table and the progress bar, never the failures: one plain line each on stderr.
-        for record in report.records:
-            if record["status"] != "ok":
-                print(f"failed: {record['source']}: {' '.join(str(record['error'] or '').split())}",
-                      file=sys.stderr, flush=True)
     return report
 
 
-def _write_outputs(outcome: ExplainResult | ImageFailure, item: InputItem, key: str, layout: OutputLayout,
-                   options: ExplainOptions) -> tuple[dict[str, Any], str, list[str]]:
+def _write_outputs(outcome: ExplainResult | ImageFailure, item: FolderItem, key: str, layout: OutputLayout,
+                   options: ExplainOptions, identity: dict[str, Any]) -> tuple[dict[str, Any], str, list[str]]:
     """Write one image's overlays (+ heatmaps) and then its record file; returns (record, thumbnails)."""
     if isinstance(outcome, ImageFailure):
         error = outcome.error.replace(outcome.source, item.source) if item.data is not None else outcome.error
@@ -255,54 +321,16 @@ def _write_outputs(outcome: ExplainResult | ImageFailure, item: InputItem, key: 
                                             draw_boxes=options.boxes)
     outcome.source = item.source
     record = record_from_result(outcome, key, overlays, heatmaps, write_ms)
-    # The record goes last and durably: its presence tells --skip-existing this image is complete. (Without the
+    # The record goes last and durably: its presence tells skip_existing this image is complete. (Without the
     # fsync, no measurable gain: its ~0.1 ms of CPU is small and the wait overlaps the pipeline's inference.)
-    _write_text(layout.path(layout.record_name(key)), json.dumps(record, ensure_ascii=False) + "\n")
+    # Only the per-image file carries the run's identity (what a resume compares); the reports keep their fields.
+    _write_text(layout.path(layout.record_name(key)),
+                json.dumps({**record, RUN_FIELD: identity}, ensure_ascii=False) + "\n")
     return record, input_thumb, thumbs
 
 
-@contextmanager
-def _progress(enabled: bool, total: int) -> Iterator[Any]:
-    if not enabled:
-        yield lambda _source: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeRemainingColumn())
-    with Progress(*columns, console=err_console(), transient=True) as progress:
-        task = progress.add_task("explaining", total=total)
-        yield lambda _source: progress.advance(task)
-
-
-def _summary(report: Report, layout: OutputLayout, wall_s: float) -> None:
-    from rich.table import Table
-
-    counts = report.summary()
-    explained = counts["ok"] - counts["resumed"]
-    table = Table(title="camr explain", show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("images", str(counts["total"]))
-    table.add_row("explained", f"{explained} ({explained / wall_s:.1f}/s)" if wall_s > 0 else str(explained))
-    if counts["resumed"]:
-        table.add_row("already done", str(counts["resumed"]))
-    table.add_row("failed", f"[red]{counts['failed']}[/red]" if counts["failed"] else "0")
-    table.add_row("output", str(layout.root))
-    table.add_row("report", str(layout.path("report.html")))
-    err_console().print(table)
-    from rich.markup import escape
-
-    failures = [r for r in report.records if r["status"] != "ok"]
-    for record in failures[:5]:
-        err_console().print(f"  [red]failed[/red] {escape(record['source'])}: {escape(record['error'] or '')}",
-                            soft_wrap=True)
-    if counts["failed"] > 5:
-        err_console().print(f"  … and {counts['failed'] - 5} more failures in report.json")
-
-
-def _version() -> str:
+def version() -> str:
+    """cam-runtime's version (imported lazily: the package's ``__version__`` pulls in more than this needs)."""
     from cam_runtime import __version__
 
     return __version__
-
