@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 from cam_runtime.defaults import BOX_THRESHOLD
 from cam_runtime.errors import InvalidArgumentError, OutputExistsError
-from cam_runtime.outputs import IMAGE_FORMATS, OutputLayout, remove_stale_temps, save_npy_atomic, write_image_atomic
+from cam_runtime.outputs import (
+    IMAGE_FORMATS,
+    OutputLayout,
+    readable,
+    remove_stale_temps,
+    save_npy_atomic,
+    strict_json,
+    write_image_atomic,
+)
 from cam_runtime.outputs import write_text_atomic as _write_text
 from cam_runtime.report import (
     Report,
@@ -25,6 +33,7 @@ from cam_runtime.report import (
     record_from_result,
     result_thumbnails,
     thumbnail_from_file,
+    validated_record,
 )
 from cam_runtime.results import ExplainResult, ImageFailure
 
@@ -121,7 +130,7 @@ def _remove_stale_targets(layout: OutputLayout, key: str, planned: list[str]) ->
             path.unlink(missing_ok=True)
 
 
-def _load_done(layout: OutputLayout, key: str, expected: list[str]) -> dict[str, Any] | None:
+def _load_done(layout: OutputLayout, key: str, expected: list[str], targets: int) -> dict[str, Any] | None:
     """A previous run's record for ``key`` if it and every file it names are complete."""
     record_path = layout.path(layout.record_name(key))
     if not all(_nonempty_file(layout.path(name)) for name in [*expected, layout.record_name(key)]):
@@ -130,9 +139,7 @@ def _load_done(layout: OutputLayout, key: str, expected: list[str]) -> dict[str,
         record = json.loads(record_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(record, dict) or record.get("status") != "ok" or record.get("key") != key:
-        return None
-    return record
+    return validated_record(record, layout, key, targets)
 
 
 def first_existing_output(items: list[InputItem], output: Path, options: ExplainOptions) -> Path | None:
@@ -167,7 +174,7 @@ def run_explain(engine: CamEngine, items: list[InputItem], output: Path, options
     done: dict[str, dict[str, Any]] = {}
     if options.skip_existing:
         for key in keys:
-            record = _load_done(layout, key, planned[key][:-1])
+            record = _load_done(layout, key, planned[key][:-1], n_targets)
             if record is not None:
                 done[key] = {**record, "resumed": True}
     elif not options.force:
@@ -196,8 +203,8 @@ def run_explain(engine: CamEngine, items: list[InputItem], output: Path, options
             for item, key in zip(items, keys, strict=True):
                 if key in done:
                     record = done[key]
-                    thumbs = [thumbnail_from_file(layout.path(t["overlay"])) for t in record.get("targets", [])
-                              if t.get("overlay")]
+                    thumbs = [thumbnail_from_file(layout.path(t["overlay"]), max_pixels=engine.max_pixels)
+                              for t in record.get("targets", []) if t.get("overlay")]
                     report.add(record, "", thumbs)
                 else:
                     outcome = next(stream)
@@ -205,7 +212,7 @@ def run_explain(engine: CamEngine, items: list[InputItem], output: Path, options
                     report.add(record, input_thumb, thumbs)
                 if options.json_lines:
                     line = {**record, **json_fields} if json_fields else record
-                    sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
+                    sys.stdout.write(strict_json(line) + "\n")
                     sys.stdout.flush()
                 advance(item.source)
         except BaseException:
@@ -257,7 +264,7 @@ def _write_outputs(outcome: ExplainResult | ImageFailure, item: InputItem, key: 
     record = record_from_result(outcome, key, overlays, heatmaps, write_ms)
     # The record goes last and durably: its presence tells --skip-existing this image is complete. (Without the
     # fsync, no measurable gain: its ~0.1 ms of CPU is small and the wait overlaps the pipeline's inference.)
-    _write_text(layout.path(layout.record_name(key)), json.dumps(record, ensure_ascii=False) + "\n")
+    _write_text(layout.path(layout.record_name(key)), strict_json(record) + "\n")
     return record, input_thumb, thumbs
 
 
@@ -288,8 +295,8 @@ def _summary(report: Report, layout: OutputLayout, wall_s: float) -> None:
     if counts["resumed"]:
         table.add_row("already done", str(counts["resumed"]))
     table.add_row("failed", f"[red]{counts['failed']}[/red]" if counts["failed"] else "0")
-    table.add_row("output", str(layout.root))
-    table.add_row("report", str(layout.path("report.html")))
+    table.add_row("output", readable(str(layout.root)))
+    table.add_row("report", readable(str(layout.path("report.html"))))
     err_console().print(table)
     from rich.markup import escape
 
