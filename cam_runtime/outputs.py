@@ -302,6 +302,12 @@ class OutputLayout:
             raise OutputFolderError(self.root, "not a folder")
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise OutputFolderError(self.root, "permission denied")
+        for name in self.REPORT_FILES:
+            report = self.root / name
+            if (report.exists() or report.is_symlink()) and not report.is_file():
+                # Found now, before any image is explained, not when the report is written at the end.
+                raise OutputFolderError(self.root, f"{name} there is not a regular file, so the report cannot be "
+                                                   "written (move it away)")
 
 
 def ensure_absent(layout: OutputLayout, names: Iterable[str]) -> None:

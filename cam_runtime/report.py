@@ -7,6 +7,7 @@ import csv
 import datetime as _dt
 import html
 import io
+import json
 import math
 import os
 import re
@@ -141,6 +142,23 @@ def thumbnail_from_file(path: Path, side: int = THUMB_SIDE, *, max_pixels: int |
 
 _MAX_TEXT = 4096
 _MAX_ITEMS = 100_000
+
+
+MAX_RECORD_BYTES = 4 << 20
+"""A per-image record read back from disk may hold at most this many bytes (a real one holds a few KB)."""
+
+
+def read_record(path: Path, layout: OutputLayout, key: str, targets: int | None = None) -> dict[str, Any] | None:
+    """An earlier run's per-image record file, parsed with bounds and validated (None: redo the image)."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_RECORD_BYTES + 1)
+        if len(data) > MAX_RECORD_BYTES:
+            return None
+        record = json.loads(data.decode("utf-8"))
+    except (OSError, ValueError, RecursionError):  # RecursionError: "[[[[…" nested past the parser's stack
+        return None
+    return validated_record(record, layout, key, targets)
 
 
 def validated_record(record: object, layout: OutputLayout, key: str,

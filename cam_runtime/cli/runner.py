@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import stat
 import sys
@@ -29,11 +28,11 @@ from cam_runtime.outputs import write_text_atomic as _write_text
 from cam_runtime.report import (
     Report,
     now_iso,
+    read_record,
     record_from_failure,
     record_from_result,
     result_thumbnails,
     thumbnail_from_file,
-    validated_record,
 )
 from cam_runtime.results import ExplainResult, ImageFailure
 
@@ -132,14 +131,9 @@ def _remove_stale_targets(layout: OutputLayout, key: str, planned: list[str]) ->
 
 def _load_done(layout: OutputLayout, key: str, expected: list[str], targets: int) -> dict[str, Any] | None:
     """A previous run's record for ``key`` if it and every file it names are complete."""
-    record_path = layout.path(layout.record_name(key))
     if not all(_nonempty_file(layout.path(name)) for name in [*expected, layout.record_name(key)]):
         return None
-    try:
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return validated_record(record, layout, key, targets)
+    return read_record(layout.path(layout.record_name(key)), layout, key, targets)
 
 
 def first_existing_output(items: list[InputItem], output: Path, options: ExplainOptions) -> Path | None:
