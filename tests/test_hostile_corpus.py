@@ -11,8 +11,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 pytest.importorskip("onnx")  # the tiny model is built with onnx's helpers
 
-from hostile_corpus import build, run_case
+from hostile_corpus import MAX_PIXELS, build, run_case
 
+from cam_runtime import CamEngine
+from cam_runtime.results import ExplainResult, ImageFailure
 from tiny_models import make_tiny_folder
 
 PEAK_RSS_MB = 1500
@@ -39,3 +41,16 @@ def test_every_hostile_run_ends_well(tmp_path: Path) -> None:
     images = next(c for c in cases if c.name == "images")
     report = (images.output / "report.json").read_text(encoding="utf-8")
     assert "scans, more than" in report and "pixels" in report
+
+
+def test_the_api_over_the_corpus_yields_a_result_or_a_failure_per_file(tmp_path: Path) -> None:
+    model = make_tiny_folder(tmp_path / "model", "NHWC", seed=0)
+    build(tmp_path / "corpus", model)
+    paths = sorted(p for folder in ("images", "names", "links", "at_the_limit")
+                   for p in (tmp_path / "corpus" / folder).rglob("*") if not p.is_dir() or p.suffix == ".png")
+    engine = CamEngine.load(model, max_pixels=MAX_PIXELS)
+    outcomes = list(engine.iter_explain(paths, batch_size=4))
+    assert len(outcomes) == len(paths) > 300
+    assert all(isinstance(o, ExplainResult | ImageFailure) for o in outcomes)
+    failures = [o for o in outcomes if isinstance(o, ImageFailure)]
+    assert all(f.error and "\n" not in f.error for f in failures)
