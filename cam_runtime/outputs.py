@@ -95,9 +95,10 @@ def json_ready(value: object) -> object:
     return json_ready(str(value))
 
 
-def strict_json(value: object, *, indent: int | None = None) -> str:
+def strict_json(value: object, *, indent: int | None = None, compact: bool = False) -> str:
     """JSON that any parser accepts (no NaN/Infinity, valid UTF-8), non-ASCII text kept readable."""
-    return json.dumps(json_ready(value), indent=indent, ensure_ascii=False, allow_nan=False)
+    separators = (",", ":") if compact else None
+    return json.dumps(json_ready(value), indent=indent, separators=separators, ensure_ascii=False, allow_nan=False)
 
 
 def write_text_atomic(path: str | Path, text: str, *, fsync: bool = True) -> Path:
