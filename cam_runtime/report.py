@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from .boxes import Box
 from .maps import heatmap_at
-from .outputs import OutputLayout, readable, strict_json, write_text_atomic
+from .outputs import OutputLayout, json_ready, readable, strict_json, write_text_atomic
 from .render import overlay_bgr
 from .results import ExplainResult, ImageFailure
 
@@ -225,10 +225,14 @@ def _rebuild_record(record: object, layout: OutputLayout, key: str, targets: int
     timings = record.get("timings_ms") or {}
     if not isinstance(timings, dict):
         return None
-    return {"source": _text(record["source"]), "key": key, "status": "ok", "resumed": False, "width": width,
-            "height": height, "method": _text(record["method"], 64), "top_k": top_k, "targets": rebuilt_targets,
-            "timings_ms": {_text(k, 64): _number(v, 0.0) for k, v in timings.items()}, "error": None,
-            "error_type": None}
+    rebuilt = {"source": _text(record["source"]), "key": key, "status": "ok", "resumed": False, "width": width,
+               "height": height, "method": _text(record["method"], 64), "top_k": top_k, "targets": rebuilt_targets,
+               "timings_ms": {_text(k, 64): _number(v, 0.0) for k, v in timings.items()}, "error": None,
+               "error_type": None}
+    # Fields this module does not render (e.g. a run's identity) are kept, made strict-JSON-safe; report.html
+    # shows only the checked fields above.
+    extra = {_text(k, 64): json_ready(v) for k, v in record.items() if k not in rebuilt}
+    return {**rebuilt, **extra}
 
 
 def json_number_or_list(value: object) -> float | list[float] | None:

@@ -203,3 +203,9 @@ def test_thumbnails_of_existing_overlays_respect_the_pixel_limit(tmp_path: Path)
     cv2.imwrite(str(path), np.zeros((300, 300, 3), np.uint8))
     assert thumbnail_from_file(path, max_pixels=1000) == ""
     assert thumbnail_from_file(path, max_pixels=10**6).startswith("data:image/jpeg")
+
+
+def test_unrendered_fields_of_a_record_survive_validation(tmp_path: Path) -> None:
+    record = {**_record("a.png", "cat", 0.5), "identity": {"sha256": "ab" * 32, "score": float("inf")}}
+    rebuilt = validated_record(record, OutputLayout(tmp_path), "k", 1)
+    assert rebuilt is not None and rebuilt["identity"] == {"sha256": "ab" * 32, "score": None}
