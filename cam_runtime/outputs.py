@@ -37,9 +37,12 @@ _MAX_PART_BYTES = 160
 """Output name components are cut to this many UTF-8 bytes (plus a hash): ``.overlay-N.webp`` and a ``-N`` clash
 suffix must still fit the 255-byte limit of common file systems."""
 _HASH_CHARS = 10
+MAX_KEY_BYTES = 1024
+"""Keys (relative output paths) longer than this are flattened to ``_deep/<hash>/<name>``."""
 RESERVED_PREFIX = "_"
 """Keys that would collide with the run's own report files get this prefix; :func:`safe_part` strips it from every
 input-derived name, so no input can claim a prefixed key."""
+_JSON_RAW_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
@@ -98,7 +101,10 @@ def json_ready(value: object) -> object:
 def strict_json(value: object, *, indent: int | None = None, compact: bool = False) -> str:
     """JSON that any parser accepts (no NaN/Infinity, valid UTF-8), non-ASCII text kept readable."""
     separators = (",", ":") if compact else None
-    return json.dumps(json_ready(value), indent=indent, separators=separators, ensure_ascii=False, allow_nan=False)
+    text = json.dumps(json_ready(value), indent=indent, separators=separators, ensure_ascii=False, allow_nan=False)
+    # JSON escapes C0 controls itself; these it leaves raw, and a terminal or a <script> block would act on them.
+    # They occur only inside strings (the syntax is ASCII), where \uXXXX means the same character.
+    return _JSON_RAW_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def write_text_atomic(path: str | Path, text: str, *, fsync: bool = True) -> Path:
@@ -222,7 +228,12 @@ def output_key(relative: PurePath | str) -> str:
     *dirs, name = parts
     stem, dot, ext = name.rpartition(".")
     base = f"{stem}_{ext}" if dot and stem else name
-    return "/".join([*(safe_part(d) for d in dirs), safe_part(base)])
+    key = "/".join([*(safe_part(d) for d in dirs), safe_part(base)])
+    if len(key.encode("utf-8")) <= MAX_KEY_BYTES:
+        return key
+    # A very deep input tree: mirrored under -o it could pass the OS path limit (4,096 bytes on Linux).
+    digest = hashlib.sha256("/".join(parts).encode("utf-8", "surrogateescape")).hexdigest()[:_HASH_CHARS]
+    return f"{RESERVED_PREFIX}deep/{digest}/{safe_part(base)}"
 
 
 class OutputLayout:

@@ -186,7 +186,7 @@ def _names(root: Path) -> int:
         deep = deep / f"level_{level:02d}"
     _write(deep / "bottom.png", png)
     long_dirs = root
-    for level in range(6):  # 6 folders of 240 bytes each: a 1.4 KB relative path
+    for level in range(8):  # 8 folders of 240 bytes each: a 1.9 KB relative path, flattened under -o
         long_dirs = long_dirs / ("d" * 236 + f"_{level:03d}")
     _write(long_dirs / "x.png", png)
     (root / "output_inside").mkdir()  # -o points here: the walk must skip it

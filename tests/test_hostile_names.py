@@ -209,3 +209,18 @@ def test_unrendered_fields_of_a_record_survive_validation(tmp_path: Path) -> Non
     record = {**_record("a.png", "cat", 0.5), "identity": {"sha256": "ab" * 32, "score": float("inf")}}
     rebuilt = validated_record(record, OutputLayout(tmp_path), "k", 1)
     assert rebuilt is not None and rebuilt["identity"] == {"sha256": "ab" * 32, "score": None}
+
+
+def test_deep_trees_are_flattened_and_stay_unique() -> None:
+    from cam_runtime.outputs import MAX_KEY_BYTES, output_key
+
+    deep = "/".join("d" * 200 + str(i) for i in range(40))
+    a, b = output_key(f"{deep}/x.png"), output_key(f"{deep}/y/x.png")
+    assert a != b and a.startswith("_deep/") and len(a.encode()) <= MAX_KEY_BYTES
+    assert output_key("a/b/c.png") == "a/b/c_png"
+
+
+def test_strict_json_escapes_what_terminals_and_scripts_act_on() -> None:
+    text = strict_json({"label": "x\x9b[2Jy\u202e\u2028 漢", "p": float("-inf")})
+    assert "\x9b" not in text and "\u202e" not in text and "\u2028" not in text and "漢" in text
+    assert strict_load(text) == {"label": "x\x9b[2Jy\u202e\u2028 漢", "p": None}
