@@ -325,12 +325,15 @@ def run_case(case: Case, timeout: float = TIMEOUT_S) -> Outcome:
                                 stdout=handle, stderr=subprocess.STDOUT)
         killer = threading.Timer(timeout, proc.kill)
         killer.start()
+        peak = [0]
+        watcher = threading.Thread(target=_watch_peak, args=(proc.pid, peak), daemon=True)
+        watcher.start()
         if case.stdin is not None:
             feeder = threading.Thread(target=_feed, args=(proc, case.stdin), daemon=True)
             feeder.start()
-        # wait4, not getrusage(RUSAGE_CHILDREN): the latter is the maximum over every child so far, not this run's.
-        _, status, usage = os.wait4(proc.pid, 0)
+        _, status, _usage = os.wait4(proc.pid, 0)
         killer.cancel()
+        watcher.join()
         proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - start
     output = log.read_bytes()
@@ -354,7 +357,26 @@ def run_case(case: Case, timeout: float = TIMEOUT_S) -> Outcome:
         problems.append("exit 2 without an 'error:' line")
     if b"Traceback" in output:
         problems.append("a traceback was printed")
-    return Outcome(case.name, rc, wall, usage.ru_maxrss / 1024, report_images, failed, problems)
+    return Outcome(case.name, rc, wall, peak[0] / 1024, report_images, failed, problems)
+
+
+def _watch_peak(pid: int, peak: list[int]) -> None:
+    """Poll the process's own high-water mark (VmHWM, kB) until it exits.
+
+    Not getrusage(RUSAGE_CHILDREN) nor wait4's ru_maxrss: Linux folds the forking parent's memory high-water mark
+    into the child's at exec, so a child of a 2 GB pytest process would "peak" at 2 GB whatever it did.
+    """
+    path = f"/proc/{pid}/status"
+    while True:
+        try:
+            with open(path, encoding="ascii", errors="replace") as handle:
+                fields = dict(line.split(":", 1) for line in handle if ":" in line)
+        except OSError:
+            return
+        if "VmHWM" not in fields:  # a zombie: the memory is gone, the last reading stands
+            return
+        peak[0] = max(peak[0], int(fields["VmHWM"].split()[0]))
+        time.sleep(0.02)
 
 
 def _feed(proc: subprocess.Popen[bytes], data: bytes) -> None:

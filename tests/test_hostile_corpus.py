@@ -18,7 +18,7 @@ from cam_runtime.results import ExplainResult, ImageFailure
 from tiny_models import make_tiny_folder
 
 PEAK_RSS_MB = 1500
-"""Bound per run: 16 RLE BMPs at the 4 MP limit decode to 12 MB each; a run peaks near 0.5 GB on CPython 3.11."""
+"""Bound per run: 16 RLE BMPs at the 4 MP limit decode to 12 MB each; a run peaks near 0.46 GB on CPython 3.11."""
 
 
 def test_every_hostile_run_ends_well(tmp_path: Path) -> None:
