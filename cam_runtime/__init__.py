@@ -7,7 +7,13 @@ light: NumPy, OpenCV and onnxruntime load only when something that needs them is
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
+
+# onnxruntime writes a telemetry device id and database under ~/.cache/Microsoft on every run (and warns when HOME
+# is read-only). It reads this variable once, when it is imported: set it before anything here imports it. An
+# explicit ORT_DISABLE_TELEMETRY=0 from the user wins.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 if TYPE_CHECKING:
     from .boxes import Box, boxes_from_map

@@ -36,6 +36,11 @@ ChannelOrder = Literal["RGB", "BGR"]
 DEFAULT_MAX_PIXELS = 100_000_000
 """Images whose header declares more pixels are refused before decoding (decompression-bomb guard)."""
 
+MAX_JPEG_SCANS = 100
+"""Progressive JPEGs with more scans are refused before decoding: each scan re-runs the decoder over the whole
+frame, so a small file repeating one scan thousands of times costs minutes of CPU within the pixel limit.
+Encoders write 1 (baseline) to about 10-20 (progressive, optimised) scans."""
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".webp", ".tif", ".tiff", ".gif",
                     ".pbm", ".pgm", ".ppm", ".pnm")
 """File endings the folder walker treats as images."""
@@ -150,6 +155,11 @@ def decode_bytes(data: bytes, source: str, *, max_pixels: int = DEFAULT_MAX_PIXE
         raise ImageDecodeError(source, f"{kind} header declares an empty image ({size[0]}x{size[1]})")
     if size[0] * size[1] > max_pixels:
         raise ImageTooLargeError(source, size[0], size[1], max_pixels)
+    if kind == "JPEG":
+        scans = jpeg_scan_count(data)
+        if scans > MAX_JPEG_SCANS:
+            raise ImageDecodeError(source, f"JPEG has {scans} scans, more than the {MAX_JPEG_SCANS} allowed "
+                                           "(decoding cost grows with each)")
     buffer = np.frombuffer(data, dtype=np.uint8)
     try:
         if alpha == "composite":
@@ -299,6 +309,32 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
             return None
         pos += length
     return None
+
+
+def jpeg_scan_count(data: bytes) -> int:
+    """How many start-of-scan markers a JPEG holds (an upper bound), counted without decoding.
+
+    Segments before the first scan are skipped by their lengths, so metadata (an EXIF thumbnail is a whole JPEG)
+    is not counted; after it, every ``FF DA`` is counted: entropy-coded data never contains one (a coded ``FF`` is
+    followed by ``00`` or a restart marker), so only a table segment's payload could add a spurious count.
+    """
+    pos, end = 2, len(data)
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            pos = data.find(b"\xff", pos)
+            if pos < 0:
+                return 0
+            continue
+        marker = data[pos + 1]
+        if marker == 0xFF or marker == 0x01 or 0xD0 <= marker <= 0xD8:
+            pos += 1 if marker == 0xFF else 2
+            continue
+        if marker == 0xDA:
+            return data.count(b"\xff\xda", pos)
+        if marker == 0xD9:
+            return 0
+        pos += 2 + struct.unpack(">H", data[pos + 2:pos + 4])[0]
+    return 0
 
 
 def _webp_size(data: bytes) -> tuple[int, int] | None:

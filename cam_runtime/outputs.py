@@ -7,7 +7,10 @@ so a run interrupted at any point (Ctrl-C, SIGTERM, SIGKILL) leaves each output 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
+import math
 import os
 import re
 import tempfile
@@ -30,7 +33,17 @@ TEMP_PREFIX = ".camr-"
 TEMP_SUFFIX = ".tmp"
 IMAGE_FORMATS: tuple[str, ...] = ("jpg", "png", "webp")
 _UNSAFE = re.compile(r"[^\w.\-+@=,]+", re.UNICODE)
-_MAX_PART = 120
+_MAX_PART_BYTES = 160
+"""Output name components are cut to this many UTF-8 bytes (plus a hash): ``.overlay-N.webp`` and a ``-N`` clash
+suffix must still fit the 255-byte limit of common file systems."""
+_HASH_CHARS = 10
+MAX_KEY_BYTES = 1024
+"""Keys (relative output paths) longer than this are flattened to ``_deep/<hash>/<name>``."""
+RESERVED_PREFIX = "_"
+"""Keys that would collide with the run's own report files get this prefix; :func:`safe_part` strips it from every
+input-derived name, so no input can claim a prefixed key."""
+_JSON_RAW_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 # --- atomic writes --------------------------------------------------------------------------------------------
@@ -41,7 +54,7 @@ def write_bytes_atomic(path: str | Path, data: bytes, *, fsync: bool = True) -> 
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name[:60]}.", suffix=TEMP_SUFFIX,
+        fd, tmp_name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{cut_bytes(path.name, 60)}.", suffix=TEMP_SUFFIX,
                                         dir=path.parent)
     except OSError as exc:
         raise OutputFolderError(path.parent, exc.strerror or str(exc)) from None
@@ -62,9 +75,41 @@ def write_bytes_atomic(path: str | Path, data: bytes, *, fsync: bool = True) -> 
     return path
 
 
+def json_ready(value: object) -> object:
+    """A copy of ``value`` that strict JSON can hold: NaN/±inf → None, NumPy scalars → Python, tuples → lists,
+    undecodable characters in strings → readable escapes (:func:`readable`)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return readable(value)
+        return value
+    if isinstance(value, bool | int) or value is None:
+        return value
+    if isinstance(value, float | np.floating):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    if isinstance(value, np.integer | np.bool_):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(json_ready(str(k))): json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    return json_ready(str(value))
+
+
+def strict_json(value: object, *, indent: int | None = None, compact: bool = False) -> str:
+    """JSON that any parser accepts (no NaN/Infinity, valid UTF-8), non-ASCII text kept readable."""
+    separators = (",", ":") if compact else None
+    text = json.dumps(json_ready(value), indent=indent, separators=separators, ensure_ascii=False, allow_nan=False)
+    # JSON escapes C0 controls itself; these it leaves raw, and a terminal or a <script> block would act on them.
+    # They occur only inside strings (the syntax is ASCII), where \uXXXX means the same character.
+    return _JSON_RAW_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def write_text_atomic(path: str | Path, text: str, *, fsync: bool = True) -> Path:
-    """UTF-8 text version of :func:`write_bytes_atomic`."""
-    return write_bytes_atomic(path, text.encode("utf-8"), fsync=fsync)
+    """UTF-8 text version of :func:`write_bytes_atomic` (a lone surrogate is written as a ``\\udcXX`` escape)."""
+    return write_bytes_atomic(path, text.encode("utf-8", "backslashreplace"), fsync=fsync)
 
 
 def encode_image(bgr: npt.NDArray[np.uint8], fmt: str, *, quality: int = 90) -> bytes:
@@ -122,13 +167,52 @@ def _umask() -> int:
 # --- output names ----------------------------------------------------------------------------------------------
 
 
+def readable(text: str) -> str:
+    """Text made valid and harmless to print: undecodable bytes, control and bidi characters as escapes.
+
+    A POSIX file name is bytes; Python carries the bytes that are not UTF-8 as lone surrogates (``b'bad\\xe9'`` →
+    ``'bad\\udce9'``), which cannot be written as UTF-8 and would end a run with UnicodeEncodeError. They become
+    ``\\xe9``; control characters (an ESC would drive the terminal) and bidirectional overrides become ``\\x1b``,
+    ``\\u202e``. Printable text, including any script and emoji, is returned unchanged.
+    """
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's surrogateescape for the byte code - 0xDC00
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x20 or 0x7F <= code < 0xA0:
+            out.append(f"\\x{code:02x}")
+        elif 0xD800 <= code <= 0xDFFF or char in _BIDI_CONTROLS or unicodedata.category(char) in ("Zl", "Zp"):
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def cut_bytes(text: str, limit: int) -> str:
+    """The longest prefix of ``text`` whose UTF-8 encoding has at most ``limit`` bytes (never half a character)."""
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return text
+    return data[:limit].decode("utf-8", "ignore")
+
+
 def safe_part(part: str) -> str:
-    """One path component made safe: no separators, no leading dots, no control characters, bounded length."""
-    text = unicodedata.normalize("NFC", part)
+    """One path component made safe: no separators, leading dots or control characters; at most 160 UTF-8 bytes.
+
+    Undecodable bytes keep a readable trace (``bad\\xe9.png`` → ``bad_xe9.png``); a name cut to fit gets a short hash
+    of the whole name, so two long names with the same beginning stay distinct.
+    """
+    text = unicodedata.normalize("NFC", readable(part))
     text = _UNSAFE.sub("_", text).strip("._ ")
     if not text:
         text = "_"
-    return text[:_MAX_PART]
+    if len(text.encode("utf-8")) <= _MAX_PART_BYTES:
+        return text
+    digest = hashlib.sha256(part.encode("utf-8", "surrogateescape")).hexdigest()[:_HASH_CHARS]
+    return f"{cut_bytes(text, _MAX_PART_BYTES - _HASH_CHARS - 1).rstrip('._ ')}~{digest}"
 
 
 def output_key(relative: PurePath | str) -> str:
@@ -144,7 +228,12 @@ def output_key(relative: PurePath | str) -> str:
     *dirs, name = parts
     stem, dot, ext = name.rpartition(".")
     base = f"{stem}_{ext}" if dot and stem else name
-    return "/".join([*(safe_part(d) for d in dirs), safe_part(base)])
+    key = "/".join([*(safe_part(d) for d in dirs), safe_part(base)])
+    if len(key.encode("utf-8")) <= MAX_KEY_BYTES:
+        return key
+    # A very deep input tree: mirrored under -o it could pass the OS path limit (4,096 bytes on Linux).
+    digest = hashlib.sha256("/".join(parts).encode("utf-8", "surrogateescape")).hexdigest()[:_HASH_CHARS]
+    return f"{RESERVED_PREFIX}deep/{digest}/{safe_part(base)}"
 
 
 class OutputLayout:
@@ -161,8 +250,17 @@ class OutputLayout:
         self._taken: set[str] = set()
 
     def allocate(self, relative: PurePath | str) -> str:
-        """A unique key for an input (``-2``, ``-3``… appended on a clash; case-insensitive, for macOS/Windows)."""
+        """A unique key for an input (``-2``, ``-3``… appended on a clash; case-insensitive, for macOS/Windows).
+
+        An input named ``report`` (record ``report.json``) or a subfolder named like a report file would overwrite
+        the run's report or stop it from being written: such keys get the reserved ``_`` prefix.
+        """
         key = output_key(relative)
+        first = key.split("/", 1)[0].casefold()
+        if key.casefold() == "report":  # "_report_": its record must not meet a folder renamed "_report.json"
+            key = f"{RESERVED_PREFIX}{key}{RESERVED_PREFIX}"
+        elif first in {name.casefold() for name in self.REPORT_FILES}:
+            key = RESERVED_PREFIX + key
         candidate, n = key, 1
         while candidate.casefold() in self._taken:
             n += 1
@@ -216,6 +314,12 @@ class OutputLayout:
             raise OutputFolderError(self.root, "not a folder")
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise OutputFolderError(self.root, "permission denied")
+        for name in self.REPORT_FILES:
+            report = self.root / name
+            if (report.exists() or report.is_symlink()) and not report.is_file():
+                # Found now, before any image is explained, not when the report is written at the end.
+                raise OutputFolderError(self.root, f"{name} there is not a regular file, so the report cannot be "
+                                                   "written (move it away)")
 
 
 def ensure_absent(layout: OutputLayout, names: Iterable[str]) -> None:

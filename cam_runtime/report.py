@@ -10,6 +10,7 @@ import io
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy.typing as npt
 
 from .boxes import Box
 from .maps import heatmap_at
-from .outputs import OutputLayout, write_text_atomic
+from .outputs import OutputLayout, json_ready, readable, strict_json, write_text_atomic
 from .render import overlay_bgr
 from .results import ExplainResult, ImageFailure
 
@@ -45,16 +46,16 @@ def record_from_result(result: ExplainResult, key: str, overlays: Sequence[str],
         target["overlay"] = overlay
         target["heatmap"] = heatmap
     timings = {**data["timings_ms"], "write": round(write_ms, 3)}
-    return {"source": data["source"], "key": key, "status": "ok", "resumed": False, "width": data["width"],
+    return {"source": readable(data["source"]), "key": key, "status": "ok", "resumed": False, "width": data["width"],
             "height": data["height"], "method": data["method"], "top_k": data["top_k"], "targets": data["targets"],
             "timings_ms": timings, "error": None, "error_type": None}
 
 
 def record_from_failure(failure: ImageFailure, key: str | None) -> dict[str, Any]:
     """The JSON record of an input that could not be explained."""
-    return {"source": failure.source, "key": key, "status": "failed", "resumed": False, "width": None,
+    return {"source": readable(failure.source), "key": key, "status": "failed", "resumed": False, "width": None,
             "height": None, "method": None, "top_k": [], "targets": [], "timings_ms": {},
-            "error": failure.error, "error_type": failure.error_type}
+            "error": readable(failure.error), "error_type": readable(failure.error_type)}
 
 
 def thumbnail_size(height: int, width: int, side: int = THUMB_SIDE) -> tuple[int, int]:
@@ -121,16 +122,126 @@ def _scale_box(box: Box, sy: float, sx: float) -> Box:
     return replace(box, x0=x0, y0=y0, x1=max(x0 + 1, math.ceil(box.x1 * sx)), y1=max(y0 + 1, math.ceil(box.y1 * sy)))
 
 
-def thumbnail_from_file(path: Path, side: int = THUMB_SIDE) -> str:
-    """Thumbnail data URI of an image file on disk ('' if it cannot be read)."""
-    import cv2
+def thumbnail_from_file(path: Path, side: int = THUMB_SIDE, *, max_pixels: int | None = None) -> str:
+    """Thumbnail data URI of an image file on disk ('' if it cannot be read or is above ``max_pixels``).
+
+    The file is decoded through :func:`~cam_runtime.imaging.load_image`, so an earlier run's overlay replaced by
+    a decompression bomb costs no more than the run's own inputs may.
+    """
+    from .errors import CamError
+    from .imaging import DEFAULT_MAX_PIXELS, load_image
 
     try:
-        data = np.fromfile(path, dtype=np.uint8)
-        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    except (OSError, cv2.error):
+        image = load_image(path, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+    except (CamError, OSError):
         return ""
-    return thumbnail_data_uri(cast("npt.NDArray[np.uint8]", image), side) if image is not None else ""
+    return thumbnail_data_uri(image.bgr, side)
+
+
+# --- records read back from disk (--skip-existing) -------------------------------------------------------------
+
+_MAX_TEXT = 4096
+_MAX_ITEMS = 100_000
+
+
+MAX_RECORD_BYTES = 4 << 20
+"""A per-image record read back from disk may hold at most this many bytes (a real one holds a few KB)."""
+
+
+def read_record(path: Path, layout: OutputLayout, key: str, targets: int | None = None) -> dict[str, Any] | None:
+    """An earlier run's per-image record file, parsed with bounds and validated (None: redo the image)."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_RECORD_BYTES + 1)
+        if len(data) > MAX_RECORD_BYTES:
+            return None
+        record = json.loads(data.decode("utf-8"))
+    except (OSError, ValueError, RecursionError):  # RecursionError: "[[[[…" nested past the parser's stack
+        return None
+    return validated_record(record, layout, key, targets)
+
+
+def validated_record(record: object, layout: OutputLayout, key: str,
+                     targets: int | None = None) -> dict[str, Any] | None:
+    """An earlier run's per-image record rebuilt from checked fields, or None if any field is off.
+
+    Everything read back from disk is untrusted: types, ranges and finiteness are checked, strings are bounded,
+    and file names must be exactly the ones this layout gives ``key``, so a doctored record can neither inject
+    markup into report.html nor point the report at files outside the output folder.
+    """
+    try:
+        return _rebuild_record(record, layout, key, targets)
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return None
+
+
+def _text(value: object, limit: int = _MAX_TEXT) -> str:
+    if not isinstance(value, str) or len(value) > limit:
+        raise ValueError("not a bounded string")
+    return readable(value)
+
+
+def _integer(value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError("not an integer in range")
+    return value
+
+
+def _number(value: object, low: float = -math.inf, high: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or not low <= value <= high:
+        raise ValueError("not a finite number in range")
+    return float(value)
+
+
+def _items(value: object) -> list[Any]:
+    if not isinstance(value, list) or len(value) > _MAX_ITEMS:
+        raise ValueError("not a bounded list")
+    return value
+
+
+def _rebuild_record(record: object, layout: OutputLayout, key: str, targets: int | None) -> dict[str, Any] | None:
+    if not isinstance(record, dict) or record.get("status") != "ok" or record.get("key") != key:
+        return None
+    width, height = _integer(record["width"], 1, 1 << 31), _integer(record["height"], 1, 1 << 31)
+    top_k = [{"class_id": _integer(p["class_id"], 0, 1 << 31), "label": _text(p["label"]),
+              "probability": _number(p["probability"], 0.0, 1.0)} for p in _items(record["top_k"])]
+    rebuilt_targets = []
+    for index, target in enumerate(_items(record["targets"])):
+        overlay, heatmap = target.get("overlay"), target.get("heatmap")
+        if overlay != layout.overlay_name(key, index) or heatmap not in (None, layout.heatmap_name(key, index)):
+            return None
+        boxes = [{"x0": _integer(b["x0"], 0, width), "y0": _integer(b["y0"], 0, height),
+                  "x1": _integer(b["x1"], 0, width), "y1": _integer(b["y1"], 0, height),
+                  "score": _number(b["score"])} for b in _items(target["boxes"])]
+        stats = target.get("stats")
+        rebuilt_targets.append({
+            "class_id": _integer(target["class_id"], 0, 1 << 31), "label": _text(target["label"]),
+            "probability": _number(target["probability"], 0.0, 1.0), "boxes": boxes,
+            "stats": {_text(k, 64): json_number_or_list(v) for k, v in stats.items()} if isinstance(stats, dict)
+            else {}, "overlay": overlay, "heatmap": heatmap})
+    if targets is not None and len(rebuilt_targets) != targets:
+        return None
+    timings = record.get("timings_ms") or {}
+    if not isinstance(timings, dict):
+        return None
+    rebuilt = {"source": _text(record["source"]), "key": key, "status": "ok", "resumed": False, "width": width,
+               "height": height, "method": _text(record["method"], 64), "top_k": top_k, "targets": rebuilt_targets,
+               "timings_ms": {_text(k, 64): _number(v, 0.0) for k, v in timings.items()}, "error": None,
+               "error_type": None}
+    # Fields this module does not render (e.g. a run's identity) are kept, made strict-JSON-safe; report.html
+    # shows only the checked fields above.
+    extra = {_text(k, 64): json_ready(v) for k, v in record.items() if k not in rebuilt}
+    return {**rebuilt, **extra}
+
+
+def json_number_or_list(value: object) -> float | list[float] | None:
+    """A stats value read back: a finite number, a short list of them, or None."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [_number(v) for v in value[:8]]
+    return _number(value)
 
 
 @dataclass
@@ -160,27 +271,66 @@ class Report:
         return {"report_version": REPORT_VERSION, **self.meta, "summary": self.summary(), "images": self.records}
 
     def write(self, layout: OutputLayout) -> dict[str, Path]:
-        """Write report.json, report.csv and report.html atomically into the layout's folder."""
-        paths = {}
-        paths["json"] = write_text_atomic(layout.path("report.json"),
-                                          json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
-        paths["csv"] = write_text_atomic(layout.path("report.csv"), self.to_csv())
-        paths["html"] = write_text_atomic(layout.path("report.html"), self.to_html(layout))
+        """Write report.json, report.csv and report.html atomically into the layout's folder.
+
+        Each file is attempted even if another one fails (a full disk, a folder squatting a report name); the
+        first error is raised afterwards.
+        """
+        paths: dict[str, Path] = {}
+        first_error: BaseException | None = None
+        for kind, name, render in (("json", "report.json", lambda: strict_json(self.to_dict(), indent=2) + "\n"),
+                                   ("csv", "report.csv", self.to_csv),
+                                   ("html", "report.html", lambda: self.to_html(layout))):
+            try:
+                paths[kind] = write_text_atomic(layout.path(name), render())
+            except Exception as exc:  # the other two reports must still be written
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
         return paths
 
     def to_csv(self) -> str:
-        """One row per (image, target); a failed image is one row with its error."""
+        """One row per (image, target); a failed image is one row with its error. Cells are spreadsheet-safe."""
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
         writer.writeheader()
         for record in self.records:
-            for row in csv_rows(record):
-                writer.writerow(row)
+            try:
+                rows = csv_rows(record)
+            except Exception as exc:  # one malformed record must not cost the others their rows
+                rows = [_broken_row(record, exc)]
+            for row in rows:
+                writer.writerow({k: csv_cell(v) for k, v in row.items()})
         return buffer.getvalue()
 
     def to_html(self, layout: OutputLayout) -> str:
         """A single static page (inline CSS, embedded thumbnails, relative links to files that exist)."""
         return render_html(self, layout)
+
+
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+
+
+def csv_cell(value: object) -> object:
+    """A CSV cell a spreadsheet shows as text, never evaluates (OWASP's CSV injection advice).
+
+    Numbers pass through; text is made printable (:func:`~cam_runtime.outputs.readable`: NUL, ESC, CR, tab and
+    other control characters become escapes), and text that starts like a formula (``=``, ``+``, ``-``, ``@``)
+    gets a leading ``'``; plain negative numbers written as text stay as they are.
+    """
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    text = readable(str(value))
+    if text.startswith(_FORMULA_PREFIXES) and not _PLAIN_NUMBER.fullmatch(text):
+        return "'" + text
+    return text
+
+
+def _broken_row(record: object, exc: Exception) -> dict[str, Any]:
+    source = record.get("source") if isinstance(record, dict) else None
+    return {"source": str(source), "status": "failed", "error_type": "ReportRowError",
+            "error": f"this record could not be rendered ({type(exc).__name__})"}
 
 
 def csv_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -245,7 +395,7 @@ rows.forEach(function(r){body.appendChild(r);});});});
 
 
 def _esc(value: object) -> str:
-    return html.escape(str(value), quote=True)
+    return html.escape(readable(str(value)), quote=True)
 
 
 def _href(name: str) -> str:
@@ -345,7 +495,12 @@ def render_html(report: Report, layout: OutputLayout) -> str:
              "<th>overlays (click for full size)</th><th data-key='p'>top-k</th><th>boxes (x0,y0,x1,y1)</th>"
              "<th data-key='ms'>timings ms</th></tr></thead><tbody>"]
     for index, (record, thumbs, short) in enumerate(zip(report.records, report.thumbs, shorts, strict=True), start=1):
-        parts.append(_row(index, record, thumbs, layout, short))
+        try:
+            parts.append(_row(index, record, thumbs, layout, short))
+        except Exception as exc:  # one malformed record must not cost the others their rows
+            broken = _broken_row(record, exc)
+            parts.append(f"<tr class='failed'><td>{index}</td><td class='src'>{_esc(readable(broken['source']))}"
+                         f"</td><td colspan='5' class='err'>{_esc(broken['error'])}</td></tr>")
     parts.append(f"</tbody></table>{_SCRIPT}</body></html>\n")
     return "".join(parts)
 
@@ -358,18 +513,18 @@ def _row(index: int, record: dict[str, Any], thumbs: dict[str, Any], layout: Out
     top1 = record["top_k"][0] if record.get("top_k") else None
     total_ms = sum((record.get("timings_ms") or {}).values())
     data = (f" data-i='{index}' data-name='{_esc(short.lower())}' "
-            f"data-p='{top1['probability'] if top1 else -1}' data-ms='{total_ms:.3f}'")
+            f"data-p='{_esc(float(top1['probability']) if top1 else -1)}' data-ms='{float(total_ms):.3f}'")
     if record["status"] != "ok":
         return (f"<tr class='failed'{data}><td>{index}</td>{source}<td colspan='5' class='err'>"
                 f"{_esc(record.get('error_type') or 'error')}: {_esc(record.get('error') or '')}</td></tr>")
     width, height = record.get("width"), record.get("height")
     image = thumb_img(thumbs["input"], "input", width, height) if thumbs.get("input") else ""
-    image += f"<div class='small'>{width}×{height}</div>"
+    image += f"<div class='small'>{_esc(width)}×{_esc(height)}</div>"
     figures, boxes = [], []
     overlay_thumbs = thumbs.get("overlays") or []
     for rank, target in enumerate(record["targets"]):
-        caption = (f"{_esc(target['label'])} ({target['class_id']}) "
-                   f"<span title='p={target['probability']:.6g}'>{percent(target['probability'])}</span>")
+        caption = (f"{_esc(target['label'])} ({_esc(target['class_id'])}) "
+                   f"<span title='p={float(target['probability']):.6g}'>{percent(float(target['probability']))}</span>")
         name = target.get("overlay")
         exists = bool(name) and layout.path(name).is_file()
         thumb = overlay_thumbs[rank] if rank < len(overlay_thumbs) else ""
@@ -380,11 +535,11 @@ def _row(index: int, record: dict[str, Any], thumbs: dict[str, Any], layout: Out
         extra = (f" · <a href='{_href(heat)}'>.npy</a>" if heat and layout.path(heat).is_file() else "")
         figures.append(f"<div class='fig'>{inner}<div class='small'>{caption}{extra}</div></div>")
         box_text = ", ".join(f"({b['x0']},{b['y0']},{b['x1']},{b['y1']})" for b in target["boxes"]) or "none"
-        boxes.append(f"<div>{_esc(target['label'])}: {box_text}</div>")
-    top = "".join(f"<li>{_esc(p['label'])} ({p['class_id']}): "
-                  f"<span title='p={p['probability']:.6g}'>{percent(p['probability'])}</span></li>"
+        boxes.append(f"<div>{_esc(target['label'])}: {_esc(box_text)}</div>")
+    top = "".join(f"<li>{_esc(p['label'])} ({_esc(p['class_id'])}): "
+                  f"<span title='p={float(p['probability']):.6g}'>{percent(float(p['probability']))}</span></li>"
                   for p in record["top_k"])
-    timings = "<br>".join(f"{_esc(k)}: {v:.1f}" for k, v in (record.get("timings_ms") or {}).items())
+    timings = "<br>".join(f"{_esc(k)}: {float(v):.1f}" for k, v in (record.get("timings_ms") or {}).items())
     return (f"<tr{data}><td>{index}</td>{source}<td>{image}</td><td>{''.join(figures)}</td><td><ol>{top}</ol></td>"
             f"<td>{''.join(boxes)}</td><td class='small'>{timings}</td></tr>")
 

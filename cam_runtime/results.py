@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -135,7 +134,7 @@ class ExplainResult:
         in ``what`` (``<name>`` from the source). Each file is written atomically; existing files are kept and
         reported unless ``overwrite``.
         """
-        from .outputs import safe_part, save_npy_atomic, write_image_atomic, write_text_atomic
+        from .outputs import safe_part, save_npy_atomic, strict_json, write_image_atomic, write_text_atomic
 
         kinds = [what] if isinstance(what, str) else list(what)
         unknown = [k for k in kinds if k not in SAVE_KINDS]
@@ -171,7 +170,7 @@ class ExplainResult:
                 written.append(write_image_atomic(file, self.colored_heatmap(target, colormap=colormap,
                                                                              channel_order="BGR"), image_format))
             elif kind == "json":
-                written.append(write_text_atomic(file, json.dumps(self.to_dict(), allow_nan=False) + "\n"))
+                written.append(write_text_atomic(file, strict_json(self.to_dict()) + "\n"))
             else:
                 written.append(save_npy_atomic(file, self._target(target).raw))
         return written

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .outputs import write_text_atomic
+from .outputs import strict_json, write_text_atomic
 from .video_writer import Timeline
 
 MAX_HTML_SEGMENTS = 500
@@ -34,7 +33,7 @@ def write_video_report(root: Path, meta: dict[str, Any], timeline: Timeline,
                        thumbs: dict[int, str] | None = None) -> tuple[Path, Path]:
     """Write ``report.json`` and ``report.html`` into ``root`` (atomically); ``thumbs``: segment start frame → URI."""
     data = {"report_version": 1, "kind": "video", "meta": meta, "timeline": timeline.to_dict()}
-    json_path = write_text_atomic(root / "report.json", json.dumps(data, ensure_ascii=False, indent=1) + "\n")
+    json_path = write_text_atomic(root / "report.json", strict_json(data, indent=1) + "\n")
     html_path = write_text_atomic(root / "report.html", render_video_html(meta, timeline, thumbs or {}))
     return json_path, html_path
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import sys
 import tempfile
@@ -27,7 +26,7 @@ import numpy.typing as npt
 
 from . import video_sources  # noqa: F401  (sets FFmpeg's log level before the first writer is opened)
 from .errors import InvalidArgumentError, OutputFolderError, VideoWriteError
-from .outputs import TEMP_PREFIX, TEMP_SUFFIX
+from .outputs import TEMP_PREFIX, TEMP_SUFFIX, strict_json
 
 CODECS: tuple[str, ...] = ("avc1", "mp4v")
 """FourCCs tried in this order by codec "auto": H.264, then MPEG-4 Part 2."""
@@ -153,7 +152,7 @@ class AtomicLineWriter:
         """Append one record as a line."""
         if self._handle is None:
             raise OutputFolderError(self.path.parent, "the JSONL file is closed")
-        self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._handle.write(strict_json(record) + "\n")
         self.lines += 1
 
     def flush(self) -> None:

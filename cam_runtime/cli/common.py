@@ -114,14 +114,20 @@ def out_console() -> Console:
 
 
 def error_line(message: str) -> None:
-    """Print ``error: message`` as one plain line on stderr (no markup, no wrapping)."""
-    text = " ".join(str(message).split())
-    print(f"error: {text}", file=sys.stderr, flush=True)
+    """Print ``error: message`` as one plain line on stderr (no markup, no wrapping, no raw control characters)."""
+    print(f"error: {_one_line(message)}", file=sys.stderr, flush=True)
 
 
 def warn_line(message: str) -> None:
     """Print ``warning: message`` as one plain line on stderr."""
-    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+    print(f"warning: {_one_line(message)}", file=sys.stderr, flush=True)
+
+
+def _one_line(message: object) -> str:
+    from cam_runtime.outputs import readable
+
+    # Whitespace runs collapse to one space; what is left unprintable (ESC from a file name) is shown escaped.
+    return readable(" ".join(str(message).split()))
 
 
 # --- the error boundary -------------------------------------------------------------------------------------------

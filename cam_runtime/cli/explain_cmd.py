@@ -136,7 +136,7 @@ def explain(
 
         raise typer.Exit(run_ray_explain(ray_address, inputs, output, model, options, device=device.value,
                                          threads=threads, max_pixels=max_pixels, resize=resize, recursive=recursive))
-    items = collect_inputs(inputs, recursive=recursive)
+    items = collect_inputs(inputs, recursive=recursive, exclude=output, max_pixels=max_pixels)
     engine = load_engine(model, device, threads, max_pixels=max_pixels, resize=resize,
                          run_timeout=run_timeout)
     if "scorecam" in methods and not json_lines:

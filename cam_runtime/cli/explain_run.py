@@ -3,7 +3,6 @@ lines, the summary table, quiet failure lines. Used by ``explain``, ``demo`` and
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Iterator
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cam_runtime.jobs.explain_folder import ExplainOptions, explain_folder, first_existing_output
-from cam_runtime.outputs import OutputLayout
+from cam_runtime.outputs import OutputLayout, readable, strict_json
 from cam_runtime.report import Report
 
 from .common import err_console, stdout_is_terminal, warn_line
@@ -41,7 +40,7 @@ def run_explain(engine: CamEngine, items: list[InputItem], output: Path, options
         def on_record(record: dict[str, Any], item: Any) -> None:
             if options.json_lines:
                 line = {**record, **json_fields} if json_fields else record
-                sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
+                sys.stdout.write(strict_json(line) + "\n")
                 sys.stdout.flush()
             advance(item.source)
 
@@ -85,8 +84,8 @@ def _summary(report: Report, layout: OutputLayout, wall_s: float) -> None:
     if counts["resumed"]:
         table.add_row("already done", str(counts["resumed"]))
     table.add_row("failed", f"[red]{counts['failed']}[/red]" if counts["failed"] else "0")
-    table.add_row("output", str(layout.root))
-    table.add_row("report", str(layout.path("report.html")))
+    table.add_row("output", readable(str(layout.root)))
+    table.add_row("report", readable(str(layout.path("report.html"))))
     err_console().print(table)
     from rich.markup import escape
 

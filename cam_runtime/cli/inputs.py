@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePath
+from typing import BinaryIO
 
 from cam_runtime.errors import InvalidArgumentError
-from cam_runtime.imaging import IMAGE_EXTENSIONS
+from cam_runtime.imaging import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, max_file_bytes
 
 STDIN = "-"
 
@@ -41,15 +43,58 @@ def is_image_name(path: str | Path) -> bool:
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _walk(folder: Path, recursive: bool) -> list[Path]:
+class StdinTooLargeError(InvalidArgumentError):
+    """Standard input held more bytes than any image within the pixel limit could."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"stdin holds more than {limit} bytes, more than any image within the pixel limit "
+                         "(raise --max-pixels if it really is one image)")
+
+
+_OUTPUT_NAME = re.compile(r".+\.overlay-\d+\.(?:jpg|png|webp)\Z")
+"""What the runner names overlays: skipped when a folder is walked as its own output folder."""
+
+
+def read_stdin(limit: int, stream: BinaryIO | None = None) -> bytes:
+    """At most ``limit`` bytes of standard input; StdinTooLargeError if there are more (read in chunks, never all)."""
+    source = stream if stream is not None else sys.stdin.buffer
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = source.read(min(1 << 20, limit + 1 - size))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise StdinTooLargeError(limit)
+
+
+def _identity(path: Path) -> Path | None:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return None
+
+
+def _walk(folder: Path, recursive: bool, exclude: Path | None = None) -> list[Path]:
+    """Image-named entries of ``folder``; the output folder ``exclude`` (resolved) and its overlays are left out."""
+    inside_output = exclude is not None and _identity(folder) == exclude
+
+    def wanted(name: str) -> bool:
+        return is_image_name(name) and not (inside_output and _OUTPUT_NAME.match(name))
+
     if not recursive:
         # Like os.walk below: every non-folder entry with an image name, so FIFOs and dangling links get a report line.
-        return sorted(p for p in folder.iterdir() if not p.is_dir() and is_image_name(p.name))
+        return sorted(p for p in folder.iterdir() if not p.is_dir() and wanted(p.name))
     found = []
     # followlinks=False: a symlinked folder loop cannot hang the walk; symlinked files are still picked up.
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         dirnames.sort()
-        found += [Path(dirpath) / name for name in sorted(filenames) if is_image_name(name)]
+        if exclude is not None:
+            # The output folder inside an input tree: a rerun must not explain the previous run's overlays.
+            dirnames[:] = [d for d in dirnames if _identity(Path(dirpath) / d) != exclude]
+        found += [Path(dirpath) / name for name in sorted(filenames) if wanted(name)]
     return found
 
 
@@ -64,8 +109,14 @@ def _glob_root(pattern: str) -> Path:
     return Path(*static) if static else Path()
 
 
-def collect_inputs(arguments: list[str], *, recursive: bool = False, stdin: bytes | None = None) -> list[InputItem]:
-    """Expand arguments in order; each real file once. Missing paths stay in the list (they fail per image)."""
+def collect_inputs(arguments: list[str], *, recursive: bool = False, stdin: bytes | None = None,
+                   exclude: Path | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[InputItem]:
+    """Expand arguments in order; each real file once. Missing paths stay in the list (they fail per image).
+
+    ``exclude`` is the output folder: folder walks skip it (and, walking the output folder itself, the overlays
+    written there). Standard input is read up to the largest file the pixel limit allows.
+    """
+    excluded = _identity(exclude) if exclude is not None else None
     items: list[InputItem] = []
     seen: set[str] = set()
     skipped_folders = False
@@ -84,12 +135,12 @@ def collect_inputs(arguments: list[str], *, recursive: bool = False, stdin: byte
         if arg == STDIN:
             if any(item.data is not None for item in items):
                 raise InvalidArgumentError("'-' (stdin) may be given only once")
-            data = stdin if stdin is not None else sys.stdin.buffer.read()
+            data = stdin if stdin is not None else read_stdin(max_file_bytes(max_pixels))
             items.append(InputItem(source="<stdin>", relative=PurePath("stdin"), data=data))
             continue
         path = Path(arg)
         if path.is_dir():
-            found = _walk(path, recursive)
+            found = _walk(path, recursive, excluded)
             if not found and not recursive and any(p.is_dir() for p in path.iterdir()):
                 skipped_folders = True
             for file in found:

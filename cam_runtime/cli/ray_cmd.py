@@ -160,7 +160,7 @@ def run_ray_explain(address: str, inputs: list[str], output: Path, model: Path, 
 
 def _finish(root: Path, keys: list[str], done: set[str], wall: float, options: ExplainOptions, address: str) -> int:
     """Check every input has exactly one record, write summary.json, print the summary; the exit code."""
-    from cam_runtime.outputs import write_text_atomic
+    from cam_runtime.outputs import strict_json, write_text_atomic
     from cam_runtime.ray import read_records
 
     table = read_records(root, ["key", "status", "source", "error"])
@@ -177,7 +177,7 @@ def _finish(root: Path, keys: list[str], done: set[str], wall: float, options: E
         "images_per_s": round(explained / wall, 2) if wall > 0 and explained else None,
         "ray_address": address, "method": options.method, "records": "records/*.parquet",
     }
-    write_text_atomic(root / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(root / SUMMARY_FILE, strict_json(summary, indent=2) + "\n")
     if missing or duplicated:
         warn_line(f"{len(missing)} input(s) without a record and {len(duplicated)} with several "
                   f"(first: {(missing or duplicated)[0]}); rerun with --skip-existing")

@@ -3,7 +3,6 @@ ground-truth boxes, and its outputs (``evaluation.json``, ``curves.png``), for t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -51,10 +50,10 @@ def evaluate_folder(engine: CamEngine, images: Path, boxes: Path | Annotations, 
 def write_evaluation(report: EvaluationReport, output: Path, *, per_image: bool = True) -> tuple[Path, Path]:
     """``evaluation.json`` and ``curves.png`` in ``output``, each written atomically."""
     from cam_runtime.curves_plot import curves_png
-    from cam_runtime.outputs import write_bytes_atomic, write_text_atomic
+    from cam_runtime.outputs import strict_json, write_bytes_atomic, write_text_atomic
 
     deletion = {m.method: c for m in report.methods if (c := m.mean_curve("deletion")) is not None}
     insertion = {m.method: c for m in report.methods if (c := m.mean_curve("insertion")) is not None}
     plot = write_bytes_atomic(output / PLOT_FILE, curves_png(deletion, insertion))
-    data = json.dumps(report.to_dict(per_image), indent=2, allow_nan=False) + "\n"
+    data = strict_json(report.to_dict(per_image), indent=2) + "\n"
     return write_text_atomic(output / REPORT_FILE, data), plot

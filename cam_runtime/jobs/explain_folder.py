@@ -18,11 +18,19 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from cam_runtime.defaults import BOX_THRESHOLD
 from cam_runtime.errors import InvalidArgumentError, OutputExistsError, ResumeMismatchError
-from cam_runtime.outputs import IMAGE_FORMATS, OutputLayout, remove_stale_temps, save_npy_atomic, write_image_atomic
+from cam_runtime.outputs import (
+    IMAGE_FORMATS,
+    OutputLayout,
+    remove_stale_temps,
+    save_npy_atomic,
+    strict_json,
+    write_image_atomic,
+)
 from cam_runtime.outputs import write_text_atomic as _write_text
 from cam_runtime.report import (
     Report,
     now_iso,
+    read_record,
     record_from_failure,
     record_from_result,
     result_thumbnails,
@@ -186,18 +194,11 @@ def _remove_stale_targets(layout: OutputLayout, key: str, planned: list[str]) ->
             path.unlink(missing_ok=True)
 
 
-def _load_done(layout: OutputLayout, key: str, expected: list[str]) -> dict[str, Any] | None:
+def _load_done(layout: OutputLayout, key: str, expected: list[str], targets: int) -> dict[str, Any] | None:
     """A previous run's record for ``key`` if it and every file it names are complete."""
-    record_path = layout.path(layout.record_name(key))
     if not all(_nonempty_file(layout.path(name)) for name in [*expected, layout.record_name(key)]):
         return None
-    try:
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or record.get("status") != "ok" or record.get("key") != key:
-        return None
-    return record
+    return read_record(layout.path(layout.record_name(key)), layout, key, targets)
 
 
 def first_existing_output(items: Sequence[FolderItem], output: Path, options: ExplainOptions) -> Path | None:
@@ -235,7 +236,7 @@ def explain_folder(engine: CamEngine, items: Sequence[FolderItem], output: Path,
     done: dict[str, dict[str, Any]] = {}
     if options.skip_existing:
         for key in keys:
-            record = _load_done(layout, key, planned[key][:-1])
+            record = _load_done(layout, key, planned[key][:-1], n_targets)
             if record is None:
                 continue
             difference = identity_difference(record.get(RUN_FIELD), identity)
@@ -270,8 +271,8 @@ def explain_folder(engine: CamEngine, items: Sequence[FolderItem], output: Path,
             for item, key in zip(items, keys, strict=True):
                 if key in done:
                     record = done[key]
-                    thumbs = [thumbnail_from_file(layout.path(t["overlay"])) for t in record.get("targets", [])
-                              if t.get("overlay")]
+                    thumbs = [thumbnail_from_file(layout.path(t["overlay"]), max_pixels=engine.max_pixels)
+                              for t in record.get("targets", []) if t.get("overlay")]
                     report.add(record, "", thumbs)
                 else:
                     outcome = next(stream)
@@ -325,7 +326,7 @@ def _write_outputs(outcome: ExplainResult | ImageFailure, item: FolderItem, key:
     # fsync, no measurable gain: its ~0.1 ms of CPU is small and the wait overlaps the pipeline's inference.)
     # Only the per-image file carries the run's identity (what a resume compares); the reports keep their fields.
     _write_text(layout.path(layout.record_name(key)),
-                json.dumps({**record, RUN_FIELD: identity}, ensure_ascii=False) + "\n")
+                strict_json({**record, RUN_FIELD: identity}) + "\n")
     return record, input_thumb, thumbs
 
 

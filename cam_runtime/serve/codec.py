@@ -15,7 +15,7 @@ from cam_runtime.defaults import BOX_THRESHOLD
 from cam_runtime.engine import CamEngine
 from cam_runtime.errors import BadRequestError, InvalidArgumentError
 from cam_runtime.imaging import DecodedImage
-from cam_runtime.outputs import encode_image
+from cam_runtime.outputs import encode_image, strict_json
 from cam_runtime.render import colormap_id
 from cam_runtime.results import ExplainResult
 
@@ -208,7 +208,7 @@ def _b64(data: bytes) -> str:
 
 def dumps(data: Any) -> bytes:
     """Compact JSON bytes."""
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return strict_json(data, compact=True).encode("utf-8")
 
 
 def batch_json(results: Sequence[ExplainResult], options: OutputOptions) -> list[dict[str, Any]]:
