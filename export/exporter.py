@@ -33,6 +33,7 @@ from .errors import (
 from .head_graphs import export_graph_head, locate_head
 from .heads import CamHead, find_cam_head
 from .labels import read_labels_arg
+from .memory import release_memory
 from .parity import check_parity
 
 INPUT_NAME = "image"
@@ -160,6 +161,7 @@ def _build_application(architecture: Architecture, weights: str, input_size: int
         except UnsupportedHeadError:  # a head for the graph path (VGG, MobileNetV3): its own init is kept
             head = None
         initialise_random_model(keras, model, head, batch, RANDOM_WEIGHTS_SEED)
+        release_memory()  # the calibration pass's activations
         return model, (f"random (seed {RANDOM_WEIGHTS_SEED}; BatchNormalization statistics calibrated on the "
                        "bundled example photos" + (", classifier redrawn)" if head is not None else ")"))
     if weights == "imagenet":

@@ -27,6 +27,7 @@ import numpy as np
 from . import gradients
 from .errors import ParityError, UnsupportedHeadError
 from .gradients import check_supported
+from .memory import release_memory
 from .onnx_graphs import append_head, inline_inputs
 
 FEATURES_INPUT = "features"
@@ -213,6 +214,7 @@ def _from_function(function: Any, signature: tuple[Any, ...], opset: int) -> Any
     import tf2onnx
 
     proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=opset)
+    release_memory()
     return proto
 
 
@@ -237,6 +239,15 @@ def convert_model(model: Any, head: GraphHead, graphs: HeadGraphs, height: int, 
     merged = append_head(proto, onnx.load_from_string(graphs.head), features=exporter.FEATURES_NAME,
                          head_features=FEATURES_INPUT, outputs={PROBABILITIES_OUTPUT: exporter.PROBABILITIES_NAME})
     return bytes(merged.SerializeToString())
+
+
+def parity_session(model: bytes) -> Any:
+    """An onnxruntime CPU session for the export checks, without the memory arena (it keeps its peak)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = False
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 @dataclass(frozen=True)
@@ -294,10 +305,8 @@ PROBABILITY_FLOOR = 1e-4
 def check_head_graphs(model: Any, head: GraphHead, graphs: HeadGraphs, inputs: np.ndarray,
                       keras_probabilities: np.ndarray, num_classes: int) -> GradientParity:
     """Verify head.onnx against the Keras probabilities and gradient.onnx against GradientTape (both scores)."""
-    import onnxruntime as ort
-
-    head_session = ort.InferenceSession(graphs.head, providers=["CPUExecutionProvider"])
-    grad_session = ort.InferenceSession(graphs.gradient, providers=["CPUExecutionProvider"])
+    head_session = parity_session(graphs.head)
+    grad_session = parity_session(graphs.gradient)
     order = np.argsort(-keras_probabilities[0])
     classes = sorted({int(order[0]), int(order[min(4, num_classes - 1)]), int(order[-1])})
     errors: dict[str, float] = {}
@@ -387,8 +396,6 @@ def export_graph_head(model: Any, head: GraphHead, output: str | Path, *, labels
     graphs = convert_head(head, num_classes, opset)
     model_bytes = convert_model(model, head, graphs, height, width, opset)
 
-    import onnxruntime as ort
-
     rng = np.random.default_rng(exporter.PARITY_SEED)
     pixels = rng.uniform(0, 255, (exporter.PARITY_SAMPLES, height, width, 3)).astype(np.float32)
     inputs = ((pixels - np.asarray(prep.mean, np.float32)) / np.asarray(prep.std, np.float32)).astype(np.float32)
@@ -396,9 +403,11 @@ def export_graph_head(model: Any, head: GraphHead, output: str | Path, *, labels
                                                                                                training=False))
     if head.needs_softmax:
         probs_k = softmax(probs_k).astype(np.float32)
-    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    session = parity_session(model_bytes)
     probs_o, feats_o = session.run([exporter.PROBABILITIES_NAME, exporter.FEATURES_NAME],
                                    {exporter.INPUT_NAME: inputs})
+    del session  # its copy of the weights (0.5 GB for VGG16) is not needed for the head checks
+    release_memory()
     prob_err = float(np.abs(probs_k.astype(np.float64) - probs_o).max())
     scale = float(np.abs(feats_k).max())
     feat_abs = float(np.abs(feats_k.astype(np.float64) - feats_o).max())

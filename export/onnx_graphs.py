@@ -17,7 +17,7 @@ import numpy as np
 
 def inline_inputs(model: Any, values: Mapping[str, np.ndarray]) -> None:
     """Turn the graph inputs named in ``values`` into initializers holding those arrays (in place)."""
-    from onnx import numpy_helper
+    from onnx import TensorProto
 
     graph = model.graph
     present = {i.name for i in graph.input}
@@ -28,7 +28,11 @@ def inline_inputs(model: Any, values: Mapping[str, np.ndarray]) -> None:
     del graph.input[:]
     graph.input.extend(kept)
     for name, array in values.items():
-        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(array, np.float32), name))
+        tensor = graph.initializer.add()  # filled in place: append() would copy a 0.4 GB tensor once more
+        tensor.name = name
+        tensor.data_type = TensorProto.FLOAT
+        tensor.dims.extend(array.shape)
+        tensor.raw_data = np.ascontiguousarray(array, "<f4").tobytes()
 
 
 def prune(graph: Any) -> None:
