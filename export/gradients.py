@@ -244,3 +244,44 @@ def logits_and_vjp(layers: tuple[Any, ...], features: Any, directions: Any, line
     for backward in reversed(backwards):
         g = backward(g)
     return logits, g
+
+
+def masked_logits(layers: tuple[Any, ...], features: Any, masks: Any, linear_last: bool,
+                  param: Param = constant_param) -> Any:
+    """Logits [N·P, K] of the head on ``features ⊙ mask_p`` for each spatial mask (``masks`` [P, h·w]), image-major.
+
+    Equal to running the head on the P masked copies of each image, but the first linear stage is computed from
+    per-position contributions instead: a global average pooling of a masked map is ``masks · A / (h·w)``, and a
+    Flatten → Dense of one is ``Σ_q mask_pq · (A_q · W_q) + b`` with ``A_q · W_q`` formed once per position. With
+    the single all-ones mask it is the plain head. Other first layers get the masked copies.
+    """
+    import tensorflow as tf
+
+    h, w, c = (int(d) for d in features.shape[1:])
+    positions = tf.reshape(features, (-1, h * w, c))  # [N, Q, C]
+    batch_masks = masks[None]  # [1, P, Q]: MatMul broadcasts it over the images
+    first = type(layers[0]).__name__
+    rest_start = 1
+    if first == "GlobalAveragePooling2D":
+        pooled = tf.matmul(batch_masks, positions) / float(h * w)  # [N, P, C]
+        x = tf.reshape(pooled, (-1, 1, 1, c) if getattr(layers[0], "keepdims", False) else (-1, c))
+    elif first == "Flatten" and len(layers) > 1 and type(layers[1]).__name__ == "Dense":
+        dense = layers[1]
+        kernel = tf.reshape(param(dense.kernel), (h * w, c, -1))  # NHWC flattening: row q·C + channel
+        contributions = tf.transpose(tf.matmul(tf.transpose(positions, (1, 0, 2)), kernel), (1, 0, 2))  # [N, Q, K1]
+        z = tf.matmul(batch_masks, contributions)  # [N, P, K1]
+        k1 = int(dense.kernel.shape[-1])
+        z = tf.reshape(z, (-1, k1))
+        if dense.use_bias:
+            z = z + param(dense.bias)
+        last = len(layers) == 2
+        x, _ = _activation_rule(tf, "linear" if linear_last and last else _activation_of(dense), z)
+        rest_start = 2
+    else:
+        masked = positions[:, None] * batch_masks[..., None]  # [N, P, Q, C]
+        x = tf.reshape(masked, (-1, h, w, c))
+        rest_start = 0
+    rest = layers[rest_start:]
+    if rest:
+        x, _ = _forward(rest, x, tf.constant(1), linear_last, param)
+    return tf.reshape(x, (tf.shape(x)[0], -1))

@@ -32,6 +32,8 @@ from .onnx_graphs import append_head, inline_inputs
 
 FEATURES_INPUT = "features"
 DIRECTIONS_INPUT = "directions"
+MASKS_INPUT = "position_masks"
+"""head.onnx's optional input [P, h·w] (default: one all-ones mask): logits of the P masked copies of each image."""
 LOGITS_OUTPUT = "logits"
 PROBABILITIES_OUTPUT = "probabilities"
 GRADIENTS_OUTPUT = "gradients"
@@ -187,9 +189,11 @@ def convert_head(head: GraphHead, num_classes: int, opset: int) -> HeadGraphs:
             return params[index[id(variable)]]
         return param
 
-    @tf.function(input_signature=(feature_spec, param_specs))
-    def forward(features: Any, params: list[Any]) -> dict[str, Any]:
-        logits = gradients.head_logits(head.layers, features, head.strip_activation, reader(params))
+    mask_spec = tf.TensorSpec((None, h * w), tf.float32, name=MASKS_INPUT)
+
+    @tf.function(input_signature=(feature_spec, mask_spec, param_specs))
+    def forward(features: Any, masks: Any, params: list[Any]) -> dict[str, Any]:
+        logits = gradients.masked_logits(head.layers, features, masks, head.strip_activation, reader(params))
         return {LOGITS_OUTPUT: tf.identity(logits), PROBABILITIES_OUTPUT: tf.nn.softmax(logits, axis=-1)}
 
     @tf.function(input_signature=(feature_spec, direction_spec, param_specs))
@@ -201,10 +205,12 @@ def convert_head(head: GraphHead, num_classes: int, opset: int) -> HeadGraphs:
 
     values = {n: np.asarray(v.numpy(), np.float32) for v, n in zip(variables, names, strict=True)}
     out = []
-    for function, signature in ((forward, (feature_spec, param_specs)),
+    for function, signature in ((forward, (feature_spec, mask_spec, param_specs)),
                                 (gradient, (feature_spec, direction_spec, param_specs))):
         proto = _from_function(function, signature, opset)
         inline_inputs(proto, values)
+        if function is forward:  # the plain head unless a caller passes its own masks (ReciproCAM)
+            inline_inputs(proto, {MASKS_INPUT: np.ones((1, h * w), np.float32)}, keep_inputs=True)
         out.append(proto.SerializeToString())
         del proto
     return HeadGraphs(out[0], out[1])
@@ -235,7 +241,8 @@ def convert_model(model: Any, head: GraphHead, graphs: HeadGraphs, height: int, 
     def serve(image: Any) -> dict[str, Any]:
         return {exporter.FEATURES_NAME: tf.identity(backbone([image], training=False))}
 
-    proto = _from_function(serve, spec, opset)
+    with exporter.convertible_layers(keras, model):
+        proto = _from_function(serve, spec, opset)
     merged = append_head(proto, onnx.load_from_string(graphs.head), features=exporter.FEATURES_NAME,
                          head_features=FEATURES_INPUT, outputs={PROBABILITIES_OUTPUT: exporter.PROBABILITIES_NAME})
     return bytes(merged.SerializeToString())
@@ -247,6 +254,7 @@ def parity_session(model: bytes) -> Any:
 
     options = ort.SessionOptions()
     options.enable_cpu_mem_arena = False
+    options.log_severity_level = 3  # head.onnx's overridable position_masks input is reported as a warning
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
@@ -258,6 +266,7 @@ class GradientParity:
     classes: list[int]
     scores: list[str]
     head_probabilities_max_abs: float
+    masked_probabilities_max_abs: float
     gradient_max_rel: dict[str, float]
     tolerances: dict[str, float]
 
@@ -343,9 +352,54 @@ def check_head_graphs(model: Any, head: GraphHead, graphs: HeadGraphs, inputs: n
         errors[score] = worst
     if not head_err <= HEAD_PROBABILITY_ATOL:
         raise ParityError("head.onnx(features) and the Keras probabilities", head_err, HEAD_PROBABILITY_ATOL)
+    masked_err = check_masked_head(head, head_session, features)
     return GradientParity(samples=int(inputs.shape[0]), classes=classes, scores=["logit", "probability"],
-                          head_probabilities_max_abs=head_err, gradient_max_rel=errors,
+                          head_probabilities_max_abs=head_err, masked_probabilities_max_abs=masked_err,
+                          gradient_max_rel=errors,
                           tolerances={"gradient_rtol": GRADIENT_RTOL, "head_probabilities_atol": HEAD_PROBABILITY_ATOL})
+
+
+def keras_head_logits(head: GraphHead, features: np.ndarray) -> np.ndarray:
+    """The head's own Keras layers applied to features (inference mode) → logits [N, K]: the reference."""
+    import keras
+
+    x = features
+    for layer in head.layers[:-1]:
+        x = layer(x, training=False)
+    last = head.layers[-1]
+    saved = last.activation if head.strip_activation else None
+    try:
+        if head.strip_activation:  # the same layer without its softmax
+            last.activation = keras.activations.linear
+        x = last(x, training=False)
+    finally:
+        if saved is not None:
+            last.activation = saved
+    out = np.asarray(x, np.float64)
+    return out.reshape(len(out), -1)
+
+
+MASKED_SAMPLES = 5
+"""Random spatial masks on which head.onnx's position_masks input is checked against the Keras head."""
+
+
+def check_masked_head(head: GraphHead, head_session: Any, features: np.ndarray) -> float:
+    """Max |probabilities| difference of head.onnx with masks vs the Keras head on the masked features."""
+    from .parity import softmax
+
+    _, h, w, c = features.shape
+    rng = np.random.default_rng(0)
+    masks = rng.uniform(0, 1, (MASKED_SAMPLES, h * w)).astype(np.float32)
+    masks[0] = 0.0
+    masks[0, rng.integers(h * w)] = 1.0  # one position alone, as ReciproCAM's masks without the Gaussian
+    (probs,) = head_session.run([PROBABILITIES_OUTPUT], {FEATURES_INPUT: features, MASKS_INPUT: masks})
+    masked = (features[:, None] * masks.reshape(1, -1, h, w, 1)).reshape(-1, h, w, c)
+    expected = softmax(keras_head_logits(head, masked))
+    err = float(np.abs(probs.astype(np.float64) - expected).max()) if len(expected) == len(probs) else np.inf
+    if not err <= HEAD_PROBABILITY_ATOL:
+        raise ParityError("head.onnx(features, position_masks) and the Keras head on masked features", err,
+                          HEAD_PROBABILITY_ATOL)
+    return err
 
 
 def locate_head(model: Any, kind: str = "auto") -> GraphHead | None:

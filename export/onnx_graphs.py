@@ -15,8 +15,11 @@ from typing import Any
 import numpy as np
 
 
-def inline_inputs(model: Any, values: Mapping[str, np.ndarray]) -> None:
-    """Turn the graph inputs named in ``values`` into initializers holding those arrays (in place)."""
+def inline_inputs(model: Any, values: Mapping[str, np.ndarray], keep_inputs: bool = False) -> None:
+    """Turn the graph inputs named in ``values`` into initializers holding those arrays (in place).
+
+    ``keep_inputs``: they stay graph inputs too, so the arrays are defaults a caller may override (onnxruntime's
+    overridable initializers)."""
     from onnx import TensorProto
 
     graph = model.graph
@@ -24,9 +27,10 @@ def inline_inputs(model: Any, values: Mapping[str, np.ndarray]) -> None:
     missing = sorted(set(values) - present)
     if missing:
         raise ValueError(f"the converted graph has no input {missing[0]!r} (inputs: {sorted(present)})")
-    kept = [i for i in graph.input if i.name not in values]
-    del graph.input[:]
-    graph.input.extend(kept)
+    if not keep_inputs:
+        kept = [i for i in graph.input if i.name not in values]
+        del graph.input[:]
+        graph.input.extend(kept)
     for name, array in values.items():
         tensor = graph.initializer.add()  # filled in place: append() would copy a 0.4 GB tensor once more
         tensor.name = name
