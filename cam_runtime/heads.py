@@ -20,6 +20,9 @@ from .errors import GraphMismatchError
 from .manifest import HeadSpec, Layout
 
 FloatArray = npt.NDArray[np.float32]
+MASKS_INPUT = "position_masks"
+"""head.onnx's optional input [P, h·w] (an overridable initializer defaulting to one all-ones mask): with it the
+head returns the logits and probabilities of the P masked copies of each image, [N·P, K], image-major."""
 
 
 def softmax(logits: FloatArray) -> FloatArray:
@@ -47,6 +50,27 @@ class Head(ABC):
     def logit_gradients(self, features: FloatArray, directions: FloatArray) -> FloatArray:
         """∂(Σ_k directions[n, t, k] · z_k)/∂features: [N, T, h, w, C]."""
 
+    def masked_forward(self, features: FloatArray, masks: FloatArray,
+                       batch_size: int = 256) -> tuple[FloatArray, FloatArray]:
+        """(logits, probabilities) [N, P, K] of the head on ``features[n] ⊙ masks[p]`` (masks [P, h, w]).
+
+        This default builds the masked copies, at most ``batch_size`` per head call; heads override it with
+        something cheaper where they can."""
+        n, h, w, c = features.shape
+        p = masks.shape[0]
+        logits = np.empty((n, p, self.num_classes), np.float32)
+        probs = np.empty_like(logits)
+        flat = logits.reshape(n * p, -1), probs.reshape(n * p, -1)
+        per_call = max(1, batch_size // max(p, 1))
+        for start in range(0, n, per_call):
+            chunk = features[start:start + per_call]
+            masked = (chunk[:, None] * masks[None, ..., None]).reshape(-1, h, w, c)
+            for begin in range(0, len(masked), batch_size):
+                z, q = self.forward(masked[begin:begin + batch_size])
+                rows = slice(start * p + begin, start * p + begin + len(z))
+                flat[0][rows], flat[1][rows] = z, q
+        return logits, probs
+
 
 class LinearHead(Head):
     """``z = mean_hw(A) · W + b`` (the CAM paper's head)."""
@@ -60,6 +84,14 @@ class LinearHead(Head):
 
     def forward(self, features: FloatArray) -> tuple[FloatArray, FloatArray]:
         logits = (features.mean(axis=(1, 2)) @ self.weights + self.bias).astype(np.float32)
+        return logits, softmax(logits)
+
+    def masked_forward(self, features: FloatArray, masks: FloatArray,
+                       batch_size: int = 256) -> tuple[FloatArray, FloatArray]:
+        n, h, w, c = features.shape
+        # mean_hw(A ⊙ M_p) = M_p · A / (h·w): one matrix product per image instead of P masked copies
+        pooled = np.matmul(masks.reshape(1, -1, h * w), features.reshape(n, h * w, c)) / np.float32(h * w)
+        logits = (pooled @ self.weights + self.bias).astype(np.float32)
         return logits, softmax(logits)
 
     def constant_gradients(self, directions: FloatArray, spatial_size: int) -> FloatArray:
@@ -143,6 +175,29 @@ class GraphHead(Head):
             logits.append(np.asarray(z, np.float32))
             probs.append(np.asarray(p, np.float32))
         return np.concatenate(logits), np.concatenate(probs)
+
+    @property
+    def takes_masks(self) -> bool:
+        """True when head.onnx has the optional ``position_masks`` input (masked forwards in one graph call)."""
+        names = {i.name for i in self.head_session.get_overridable_initializers()}
+        return MASKS_INPUT in names
+
+    def masked_forward(self, features: FloatArray, masks: FloatArray,
+                       batch_size: int = 256) -> tuple[FloatArray, FloatArray]:
+        if not self.takes_masks:
+            return super().masked_forward(features, masks, batch_size)
+        n, p = features.shape[0], masks.shape[0]
+        flat_masks = np.ascontiguousarray(masks.reshape(p, -1), np.float32)
+        logits = np.empty((n, p, self.num_classes), np.float32)
+        probs = np.empty_like(logits)
+        per_call = max(1, batch_size // max(p, 1))
+        for start in range(0, n, per_call):
+            chunk = self._to_layout(features[start:start + per_call])
+            z, q = self.head_session.run([self.spec.logits, self.spec.probabilities],
+                                         {self.spec.features_input: chunk, MASKS_INPUT: flat_masks})
+            logits[start:start + per_call] = np.asarray(z, np.float32).reshape(len(chunk), p, -1)
+            probs[start:start + per_call] = np.asarray(q, np.float32).reshape(len(chunk), p, -1)
+        return logits, probs
 
     def logit_gradients(self, features: FloatArray, directions: FloatArray) -> FloatArray:
         n, h, w, c = features.shape

@@ -557,10 +557,12 @@ class ReciproCAM(_HeadForwardMethod):
 
     def maps(self, head: HeadInputs) -> FloatArray:
         n, h, w, _ = head.features.shape
-        masks = self.masks(h, w)[..., None]  # [h·w, h, w, 1]
+        # The head's own masked forward: a linear head pools M·A, a head graph with the position_masks input
+        # forms its first linear stage once per position (export/gradients.py), others get the masked copies.
+        logits, probs = head.model_head.masked_forward(head.features, self.masks(h, w), self.batch_size)
         out = np.zeros((n, head.classes.shape[1], h, w), np.float32)
         for i in range(n):
-            scores = self._scores(head, i, head.features[i][None] * masks)  # [h·w, T]
+            scores = _target_scores(head, i, logits[i], probs[i], self.score, self.name)  # [h·w, T]
             maps = scores.T.reshape(-1, h, w)
             out[i] = maps - maps.min(axis=(1, 2), keepdims=True)
         return out

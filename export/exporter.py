@@ -7,6 +7,7 @@ import os
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from .errors import (
 from .head_graphs import export_graph_head, locate_head
 from .heads import CamHead, find_cam_head
 from .labels import read_labels_arg
+from .memory import release_memory
 from .parity import check_parity
 
 INPUT_NAME = "image"
@@ -160,6 +162,7 @@ def _build_application(architecture: Architecture, weights: str, input_size: int
         except UnsupportedHeadError:  # a head for the graph path (VGG, MobileNetV3): its own init is kept
             head = None
         initialise_random_model(keras, model, head, batch, RANDOM_WEIGHTS_SEED)
+        release_memory()  # the calibration pass's activations
         return model, (f"random (seed {RANDOM_WEIGHTS_SEED}; BatchNormalization statistics calibrated on the "
                        "bundled example photos" + (", classifier redrawn)" if head is not None else ")"))
     if weights == "imagenet":
@@ -225,6 +228,69 @@ def _freeze_normalization(keras: Any, model: Any) -> int:
     return frozen
 
 
+@contextlib.contextmanager
+def convertible_layers(keras: Any, model: Any) -> Iterator[int]:
+    """While converting, compute the layers tf2onnx cannot convert with equivalent plain TensorFlow ops.
+
+    * Grouped Conv2D (ConvNeXt's depthwise 7×7): Keras' TensorFlow backend computes it in a
+      ``tf.function(jit_compile=True)`` (TensorFlow has no CPU kernel for it), which tf2onnx keeps as a
+      ``StatefulPartitionedCall`` onnxruntime cannot run. A depthwise one becomes ``depthwise_conv2d`` (ONNX
+      Conv with group = C), others a split / conv / concat.
+    * The exact GELU (ConvNeXt's MLPs): ``tf.nn.gelu`` uses ``Erfc``, which tf2onnx has no mapping for; it is
+      written as ``x·(1 + erf(x/√2))/2`` (``Erf`` converts).
+
+    Yields how many layers were rewritten; they are restored afterwards (each override shadows a method or
+    attribute on that instance only).
+    """
+    import tensorflow as tf
+
+    patched: list[tuple[Any, str, Any]] = []
+    for layer in _all_layers(model):
+        if isinstance(layer, keras.layers.Conv2D) and getattr(layer, "groups", 1) > 1 \
+                and layer.data_format == "channels_last":
+            patched.append((layer, "convolution_op", _grouped_conv(tf, layer)))
+        if getattr(getattr(layer, "activation", None), "__name__", "") == "gelu":
+            patched.append((layer, "activation", _erf_gelu(tf)))
+    saved = [(layer, name, vars(layer).get(name, _MISSING)) for layer, name, _ in patched]
+    for layer, name, value in patched:
+        vars(layer)[name] = value
+    try:
+        yield len(patched)
+    finally:
+        for layer, name, value in saved:
+            if value is _MISSING:
+                vars(layer).pop(name, None)
+            else:
+                vars(layer)[name] = value
+
+
+_MISSING = object()
+
+
+def _erf_gelu(tf: Any) -> Any:
+    def gelu(x: Any) -> Any:
+        return 0.5 * x * (1.0 + tf.math.erf(x * (1.0 / np.sqrt(2.0))))
+
+    return gelu
+
+
+def _grouped_conv(tf: Any, layer: Any) -> Any:
+    groups = int(layer.groups)
+    strides = [1, *layer.strides, 1]
+    padding = layer.padding.upper()
+    dilations = list(layer.dilation_rate)
+
+    def convolution_op(inputs: Any, kernel: Any) -> Any:
+        kh, kw, group_in, filters = (int(d) for d in kernel.shape)
+        if group_in == 1 and filters == groups:  # depthwise, one output channel per input channel
+            return tf.nn.depthwise_conv2d(inputs, tf.reshape(kernel, (kh, kw, filters, 1)), strides, padding,
+                                          dilations=dilations)
+        parts = zip(tf.split(inputs, groups, axis=-1), tf.split(kernel, groups, axis=-1), strict=True)
+        return tf.concat([tf.nn.conv2d(x, k, strides, padding, dilations=dilations) for x, k in parts], axis=-1)
+
+    return convolution_op
+
+
 def _all_layers(model: Any) -> list[Any]:
     layers = []
     for layer in getattr(model, "layers", []):
@@ -248,7 +314,7 @@ def _convert(keras: Any, model: Any, head: CamHead, height: int, width: int, ops
             probabilities = tf.nn.softmax(probabilities, axis=-1)
         return {PROBABILITIES_NAME: tf.identity(probabilities), FEATURES_NAME: tf.identity(features)}
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, convertible_layers(keras, model):
         proto, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=opset,
                                                  output_path=str(Path(tmp) / "model.onnx"))
         return bytes(proto.SerializeToString())

@@ -21,6 +21,8 @@ IDENTITY_LAYERS = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "GaussianD
 
 Backward = Callable[[Any], Any]
 """Cotangent of a layer's output [N·T, ...] → cotangent of its input [N·T, ...]."""
+Param = Callable[[Any], Any]
+"""A layer's variable → the tensor the traced graph reads it from (a constant, or a graph input standing for it)."""
 
 
 def _repeat(tf: Any, tensor: Any, targets: Any) -> Any:
@@ -99,15 +101,15 @@ def check_supported(layers: tuple[Any, ...], model_name: str, linear_last: bool)
             raise UnsupportedHeadError(model_name, f"ReLU {layer.name!r} has a slope, threshold or max other than 6")
 
 
-def _dense(tf: Any, layer: Any, x: Any, targets: Any, linear: bool) -> tuple[Any, Backward]:
-    kernel = tf.convert_to_tensor(layer.kernel)
+def _dense(tf: Any, layer: Any, x: Any, targets: Any, linear: bool, param: Param) -> tuple[Any, Backward]:
+    kernel = param(layer.kernel)
     if len(kernel.shape) == 4:  # a 1×1 Conv2D is a Dense over the channels
         kernel = tf.reshape(kernel, kernel.shape[2:])
     c_in, c_out = int(kernel.shape[0]), int(kernel.shape[1])
     in_shape = tf.shape(x)
     z = tf.matmul(tf.reshape(x, (-1, c_in)), kernel)
     if layer.use_bias:
-        z = z + tf.convert_to_tensor(layer.bias)
+        z = z + param(layer.bias)
     y, slope = _activation_rule(tf, "linear" if linear else _activation_of(layer), z)
     out_shape = tf.concat([in_shape[:-1], [c_out]], axis=0)
     slope = _repeat(tf, slope, targets)
@@ -121,7 +123,7 @@ def _dense(tf: Any, layer: Any, x: Any, targets: Any, linear: bool) -> tuple[Any
     return tf.reshape(y, out_shape), backward
 
 
-def _activation(tf: Any, layer: Any, x: Any, targets: Any, linear: bool) -> tuple[Any, Backward]:
+def _activation(tf: Any, layer: Any, x: Any, targets: Any, linear: bool, param: Param) -> tuple[Any, Backward]:
     name = "linear" if linear else _activation_of(layer)
     if type(layer).__name__ == "ReLU":
         name = "relu6" if layer.max_value == 6.0 else "relu"
@@ -130,17 +132,17 @@ def _activation(tf: Any, layer: Any, x: Any, targets: Any, linear: bool) -> tupl
     return y, lambda g: g * slope
 
 
-def _identity(tf: Any, layer: Any, x: Any, targets: Any, linear: bool) -> tuple[Any, Backward]:
+def _identity(tf: Any, layer: Any, x: Any, targets: Any, linear: bool, param: Param) -> tuple[Any, Backward]:
     return tf.identity(x), lambda g: g
 
 
-def _reshape(tf: Any, layer: Any, x: Any, targets: Any, linear: bool) -> tuple[Any, Backward]:
+def _reshape(tf: Any, layer: Any, x: Any, targets: Any, linear: bool, param: Param) -> tuple[Any, Backward]:
     in_shape = tf.shape(x)
     y = layer(x, training=False)
     return y, lambda g: tf.reshape(g, tf.concat([[-1], in_shape[1:]], axis=0))
 
 
-def _global_average(tf: Any, layer: Any, x: Any, targets: Any, linear: bool) -> tuple[Any, Backward]:
+def _global_average(tf: Any, layer: Any, x: Any, targets: Any, linear: bool, param: Param) -> tuple[Any, Backward]:
     h, w, c = (int(d) for d in x.shape[1:])
     y = tf.reduce_mean(x, axis=[1, 2], keepdims=bool(getattr(layer, "keepdims", False)))
 
@@ -150,7 +152,7 @@ def _global_average(tf: Any, layer: Any, x: Any, targets: Any, linear: bool) -> 
     return y, backward
 
 
-def _global_max(tf: Any, layer: Any, x: Any, targets: Any, linear: bool) -> tuple[Any, Backward]:
+def _global_max(tf: Any, layer: Any, x: Any, targets: Any, linear: bool, param: Param) -> tuple[Any, Backward]:
     c = int(x.shape[3])
     peak = tf.reduce_max(x, axis=[1, 2], keepdims=True)
     mask = tf.cast(tf.equal(x, peak), x.dtype)
@@ -159,15 +161,15 @@ def _global_max(tf: Any, layer: Any, x: Any, targets: Any, linear: bool) -> tupl
     return y, lambda g: tf.reshape(g, (-1, 1, 1, c)) * share
 
 
-def _layer_norm(tf: Any, layer: Any, x: Any, targets: Any, linear: bool) -> tuple[Any, Backward]:
+def _layer_norm(tf: Any, layer: Any, x: Any, targets: Any, linear: bool, param: Param) -> tuple[Any, Backward]:
     mean = tf.reduce_mean(x, axis=-1, keepdims=True)
     centred = x - mean
     inv_std = tf.math.rsqrt(tf.reduce_mean(centred * centred, axis=-1, keepdims=True) + layer.epsilon)
     normed = centred * inv_std
-    gamma = tf.convert_to_tensor(layer.gamma) if layer.scale else None
+    gamma = param(layer.gamma) if layer.scale else None
     y = normed * gamma if gamma is not None else normed
     if layer.center:
-        y = y + tf.convert_to_tensor(layer.beta)
+        y = y + param(layer.beta)
     normed_t, inv_std_t = _repeat(tf, normed, targets), _repeat(tf, inv_std, targets)
 
     def backward(g: Any) -> Any:
@@ -178,17 +180,17 @@ def _layer_norm(tf: Any, layer: Any, x: Any, targets: Any, linear: bool) -> tupl
     return y, backward
 
 
-def _batch_norm(tf: Any, layer: Any, x: Any, targets: Any, linear: bool) -> tuple[Any, Backward]:
-    scale = tf.math.rsqrt(tf.convert_to_tensor(layer.moving_variance) + layer.epsilon)
+def _batch_norm(tf: Any, layer: Any, x: Any, targets: Any, linear: bool, param: Param) -> tuple[Any, Backward]:
+    scale = tf.math.rsqrt(param(layer.moving_variance) + layer.epsilon)
     if layer.scale:
-        scale = scale * tf.convert_to_tensor(layer.gamma)
-    y = (x - tf.convert_to_tensor(layer.moving_mean)) * scale
+        scale = scale * param(layer.gamma)
+    y = (x - param(layer.moving_mean)) * scale
     if layer.center:
-        y = y + tf.convert_to_tensor(layer.beta)
+        y = y + param(layer.beta)
     return y, lambda g: g * scale
 
 
-Rule = Callable[[Any, Any, Any, Any, bool], tuple[Any, Backward]]
+Rule = Callable[[Any, Any, Any, Any, bool, Param], tuple[Any, Backward]]
 RULES: dict[str, Rule] = {
     "Dense": _dense, "Conv2D": _dense, "Activation": _activation, "ReLU": _activation,
     "Flatten": _reshape, "Reshape": _reshape,
@@ -199,22 +201,87 @@ RULES: dict[str, Rule] = {
 """Keras layer type → forward-with-backward rule."""
 
 
-def logits_and_vjp(layers: tuple[Any, ...], features: Any, directions: Any, linear_last: bool) -> tuple[Any, Any]:
+def _forward(layers: tuple[Any, ...], features: Any, targets: Any, linear_last: bool,
+             param: Param) -> tuple[Any, list[Backward]]:
+    import tensorflow as tf
+
+    x = features
+    backwards = []
+    for i, layer in enumerate(layers):
+        x, backward = RULES[type(layer).__name__](tf, layer, x, targets, linear_last and i == len(layers) - 1, param)
+        backwards.append(backward)
+    return x, backwards
+
+
+def constant_param(variable: Any) -> Any:
+    """The default :data:`Param`: the variable's value embedded in the graph."""
+    import tensorflow as tf
+
+    return tf.convert_to_tensor(variable)
+
+
+def head_logits(layers: tuple[Any, ...], features: Any, linear_last: bool,
+                param: Param = constant_param) -> Any:
+    """Logits [N, K] of the head's layers applied to the features, by the same rules as :func:`logits_and_vjp`."""
+    import tensorflow as tf
+
+    x, _ = _forward(layers, features, tf.constant(1), linear_last, param)
+    return tf.reshape(x, (tf.shape(x)[0], -1))
+
+
+def logits_and_vjp(layers: tuple[Any, ...], features: Any, directions: Any, linear_last: bool,
+                   param: Param = constant_param) -> tuple[Any, Any]:
     """(logits [N, K], ∂(Σ_k directions_tk · logits_k)/∂features [N·T, h, w, C]) with forward ops only.
 
     The forward runs once per image; the saved derivatives are repeated T times for the backward.
     """
     import tensorflow as tf
 
-    targets = tf.shape(directions)[1]
-    x = features
-    backwards = []
-    for i, layer in enumerate(layers):
-        x, backward = RULES[type(layer).__name__](tf, layer, x, targets, linear_last and i == len(layers) - 1)
-        backwards.append(backward)
+    x, backwards = _forward(layers, features, tf.shape(directions)[1], linear_last, param)
     out_shape = tf.shape(x)
     logits = tf.reshape(x, (out_shape[0], -1))
     g = tf.reshape(directions, tf.concat([[-1], out_shape[1:]], axis=0))
     for backward in reversed(backwards):
         g = backward(g)
     return logits, g
+
+
+def masked_logits(layers: tuple[Any, ...], features: Any, masks: Any, linear_last: bool,
+                  param: Param = constant_param) -> Any:
+    """Logits [N·P, K] of the head on ``features ⊙ mask_p`` for each spatial mask (``masks`` [P, h·w]), image-major.
+
+    Equal to running the head on the P masked copies of each image, but the first linear stage is computed from
+    per-position contributions instead: a global average pooling of a masked map is ``masks · A / (h·w)``, and a
+    Flatten → Dense of one is ``Σ_q mask_pq · (A_q · W_q) + b`` with ``A_q · W_q`` formed once per position. With
+    the single all-ones mask it is the plain head. Other first layers get the masked copies.
+    """
+    import tensorflow as tf
+
+    h, w, c = (int(d) for d in features.shape[1:])
+    positions = tf.reshape(features, (-1, h * w, c))  # [N, Q, C]
+    batch_masks = masks[None]  # [1, P, Q]: MatMul broadcasts it over the images
+    first = type(layers[0]).__name__
+    rest_start = 1
+    if first == "GlobalAveragePooling2D":
+        pooled = tf.matmul(batch_masks, positions) / float(h * w)  # [N, P, C]
+        x = tf.reshape(pooled, (-1, 1, 1, c) if getattr(layers[0], "keepdims", False) else (-1, c))
+    elif first == "Flatten" and len(layers) > 1 and type(layers[1]).__name__ == "Dense":
+        dense = layers[1]
+        kernel = tf.reshape(param(dense.kernel), (h * w, c, -1))  # NHWC flattening: row q·C + channel
+        contributions = tf.transpose(tf.matmul(tf.transpose(positions, (1, 0, 2)), kernel), (1, 0, 2))  # [N, Q, K1]
+        z = tf.matmul(batch_masks, contributions)  # [N, P, K1]
+        k1 = int(dense.kernel.shape[-1])
+        z = tf.reshape(z, (-1, k1))
+        if dense.use_bias:
+            z = z + param(dense.bias)
+        last = len(layers) == 2
+        x, _ = _activation_rule(tf, "linear" if linear_last and last else _activation_of(dense), z)
+        rest_start = 2
+    else:
+        masked = positions[:, None] * batch_masks[..., None]  # [N, P, Q, C]
+        x = tf.reshape(masked, (-1, h, w, c))
+        rest_start = 0
+    rest = layers[rest_start:]
+    if rest:
+        x, _ = _forward(rest, x, tf.constant(1), linear_last, param)
+    return tf.reshape(x, (tf.shape(x)[0], -1))

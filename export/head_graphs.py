@@ -7,26 +7,33 @@ LayerNorm, a user's hidden Dense layer) no closed form exists, so the folder car
 * ``gradient.onnx``: features ``[N, h, w, C]`` and logit directions ``v [N, T, K]`` →
   ``gradients [N, T, h, w, C] = ∂(Σ_k v_k z_k)/∂features`` (one vector-Jacobian product per target).
 
-``head.onnx`` is the Keras layers traced in a ``tf.function``; ``gradient.onnx`` is the head's vector-Jacobian
-product written with forward ops (:mod:`export.gradients`, since TensorFlow's gradient kernels have no ONNX
-form). Both are converted with tf2onnx, then verified against ``tf.GradientTape`` on the whole Keras model. The
+``head.onnx`` is the head's layers and ``gradient.onnx`` its vector-Jacobian product, both written with forward
+ops by one rule per layer type (:mod:`export.gradients`, since TensorFlow's gradient kernels have no ONNX form)
+and converted with tf2onnx with the head's weights as graph inputs that become initializers afterwards
+(:mod:`export.onnx_graphs`); ``model.onnx`` is the backbone up to the features with ``head.onnx`` appended. All
+three are verified: the probabilities against Keras, the gradients against ``tf.GradientTape`` on the whole
+Keras model. The
 probability score needs no second graph: by the chain rule ``∂p_c/∂A = ∂(Σ_k u_k z_k)/∂A`` with ``u = p ∘ e_c −
 p p_c`` (the softmax Jacobian applied to the direction), which the runtime forms from the head's probabilities."""
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import gradients
 from .errors import ParityError, UnsupportedHeadError
-from .gradients import check_supported, logits_and_vjp
+from .gradients import check_supported
+from .memory import release_memory
+from .onnx_graphs import append_head, inline_inputs
 
 FEATURES_INPUT = "features"
 DIRECTIONS_INPUT = "directions"
+MASKS_INPUT = "position_masks"
+"""head.onnx's optional input [P, h·w] (default: one all-ones mask): logits of the P masked copies of each image."""
 LOGITS_OUTPUT = "logits"
 PROBABILITIES_OUTPUT = "probabilities"
 GRADIENTS_OUTPUT = "gradients"
@@ -141,29 +148,6 @@ def find_graph_head(model: Any) -> GraphHead:
                      strip_activation=strip, logits=logits)
 
 
-def head_logits(head: GraphHead, features: Any) -> Any:
-    """Apply the head's layers to a features tensor (TensorFlow, inference mode) → logits."""
-    import tensorflow as tf
-
-    x = features
-    for layer in head.layers[:-1]:
-        x = layer(x, training=False)
-    last = head.layers[-1]
-    if head.strip_activation:
-        # The same computation as the layer without its softmax: Dense → x·W + b, Conv2D → conv + b.
-        saved = last.activation
-        try:
-            import keras
-
-            last.activation = keras.activations.linear
-            x = last(x, training=False)
-        finally:
-            last.activation = saved
-    else:
-        x = last(x, training=False)
-    return tf.reshape(x, (tf.shape(x)[0], -1))
-
-
 @dataclass(frozen=True)
 class HeadGraphs:
     """The two ONNX graphs of a non-linear head."""
@@ -172,33 +156,106 @@ class HeadGraphs:
     gradient: bytes
 
 
+def head_variables(head: GraphHead) -> list[Any]:
+    """The head layers' variables (kernels, biases, normalisation parameters), each once, in layer order."""
+    seen: dict[int, Any] = {}
+    for layer in head.layers:
+        for variable in layer.weights:
+            seen.setdefault(id(variable), variable)
+    return list(seen.values())
+
+
 def convert_head(head: GraphHead, num_classes: int, opset: int) -> HeadGraphs:
-    """Trace the head and its vector-Jacobian product and convert both to ONNX."""
+    """Trace the head and its vector-Jacobian product and convert both to ONNX.
+
+    Both are traced from the same layer rules (:mod:`export.gradients`), with the head's weights as extra graph
+    inputs that become initializers after conversion (:mod:`export.onnx_graphs`: tf2onnx multiplies constants).
+    """
     import tensorflow as tf
-    import tf2onnx
 
     h, w, c = head.feature_shape
     check_supported(head.layers, "model", head.strip_activation)
+    variables = head_variables(head)
+    names = [f"head_param_{i}" for i in range(len(variables))]
+    index = {id(v): i for i, v in enumerate(variables)}
+    param_specs = [tf.TensorSpec(tuple(v.shape), tf.float32, name=n) for v, n in zip(variables, names, strict=True)]
     feature_spec = tf.TensorSpec((None, h, w, c), tf.float32, name=FEATURES_INPUT)
     direction_spec = tf.TensorSpec((None, None, num_classes), tf.float32, name=DIRECTIONS_INPUT)
 
-    @tf.function(input_signature=(feature_spec,))
-    def forward(features: Any) -> dict[str, Any]:
-        logits = head_logits(head, features)
+    def reader(params: list[Any]) -> Any:
+        def param(variable: Any) -> Any:
+            if id(variable) not in index:
+                raise UnsupportedHeadError("model", f"the head reads a variable it does not own: {variable.path}")
+            return params[index[id(variable)]]
+        return param
+
+    mask_spec = tf.TensorSpec((None, h * w), tf.float32, name=MASKS_INPUT)
+
+    @tf.function(input_signature=(feature_spec, mask_spec, param_specs))
+    def forward(features: Any, masks: Any, params: list[Any]) -> dict[str, Any]:
+        logits = gradients.masked_logits(head.layers, features, masks, head.strip_activation, reader(params))
         return {LOGITS_OUTPUT: tf.identity(logits), PROBABILITIES_OUTPUT: tf.nn.softmax(logits, axis=-1)}
 
-    @tf.function(input_signature=(feature_spec, direction_spec))
-    def gradient(features: Any, directions: Any) -> dict[str, Any]:
-        _, grads = logits_and_vjp(head.layers, features, directions, head.strip_activation)
+    @tf.function(input_signature=(feature_spec, direction_spec, param_specs))
+    def gradient(features: Any, directions: Any, params: list[Any]) -> dict[str, Any]:
+        _, grads = gradients.logits_and_vjp(head.layers, features, directions, head.strip_activation,
+                                            reader(params))
         shape = tf.concat([tf.shape(directions)[:2], tf.constant([h, w, c])], axis=0)
         return {GRADIENTS_OUTPUT: tf.reshape(grads, shape)}
 
-    with tempfile.TemporaryDirectory() as tmp:
-        head_proto, _ = tf2onnx.convert.from_function(forward, input_signature=(feature_spec,), opset=opset,
-                                                      output_path=str(Path(tmp) / HEAD_FILE))
-        grad_proto, _ = tf2onnx.convert.from_function(gradient, input_signature=(feature_spec, direction_spec),
-                                                      opset=opset, output_path=str(Path(tmp) / GRADIENT_FILE))
-    return HeadGraphs(bytes(head_proto.SerializeToString()), bytes(grad_proto.SerializeToString()))
+    values = {n: np.asarray(v.numpy(), np.float32) for v, n in zip(variables, names, strict=True)}
+    out = []
+    for function, signature in ((forward, (feature_spec, mask_spec, param_specs)),
+                                (gradient, (feature_spec, direction_spec, param_specs))):
+        proto = _from_function(function, signature, opset)
+        inline_inputs(proto, values)
+        if function is forward:  # the plain head unless a caller passes its own masks (ReciproCAM)
+            inline_inputs(proto, {MASKS_INPUT: np.ones((1, h * w), np.float32)}, keep_inputs=True)
+        out.append(proto.SerializeToString())
+        del proto
+    return HeadGraphs(out[0], out[1])
+
+
+def _from_function(function: Any, signature: tuple[Any, ...], opset: int) -> Any:
+    import tf2onnx
+
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=opset)
+    release_memory()
+    return proto
+
+
+def convert_model(model: Any, head: GraphHead, graphs: HeadGraphs, height: int, width: int, opset: int) -> bytes:
+    """model.onnx: the backbone up to the features, converted alone, with head.onnx appended for the
+    probabilities (the head's weights are never traced through tf2onnx with the whole model)."""
+    import keras
+    import onnx
+    import tensorflow as tf
+
+    from . import exporter
+
+    exporter._freeze_normalization(keras, model)
+    backbone = keras.Model(model.inputs, head.features, name=f"{model.name}_features")
+    spec = (tf.TensorSpec((None, height, width, 3), tf.float32, name=exporter.INPUT_NAME),)
+
+    @tf.function(input_signature=spec)
+    def serve(image: Any) -> dict[str, Any]:
+        return {exporter.FEATURES_NAME: tf.identity(backbone([image], training=False))}
+
+    with exporter.convertible_layers(keras, model):
+        proto = _from_function(serve, spec, opset)
+    merged = append_head(proto, onnx.load_from_string(graphs.head), features=exporter.FEATURES_NAME,
+                         head_features=FEATURES_INPUT, outputs={PROBABILITIES_OUTPUT: exporter.PROBABILITIES_NAME})
+    return bytes(merged.SerializeToString())
+
+
+def parity_session(model: bytes) -> Any:
+    """An onnxruntime CPU session for the export checks, without the memory arena (it keeps its peak)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = False
+    options.log_severity_level = 3  # head.onnx's overridable position_masks input is reported as a warning
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 @dataclass(frozen=True)
@@ -209,6 +266,7 @@ class GradientParity:
     classes: list[int]
     scores: list[str]
     head_probabilities_max_abs: float
+    masked_probabilities_max_abs: float
     gradient_max_rel: dict[str, float]
     tolerances: dict[str, float]
 
@@ -256,10 +314,8 @@ PROBABILITY_FLOOR = 1e-4
 def check_head_graphs(model: Any, head: GraphHead, graphs: HeadGraphs, inputs: np.ndarray,
                       keras_probabilities: np.ndarray, num_classes: int) -> GradientParity:
     """Verify head.onnx against the Keras probabilities and gradient.onnx against GradientTape (both scores)."""
-    import onnxruntime as ort
-
-    head_session = ort.InferenceSession(graphs.head, providers=["CPUExecutionProvider"])
-    grad_session = ort.InferenceSession(graphs.gradient, providers=["CPUExecutionProvider"])
+    head_session = parity_session(graphs.head)
+    grad_session = parity_session(graphs.gradient)
     order = np.argsort(-keras_probabilities[0])
     classes = sorted({int(order[0]), int(order[min(4, num_classes - 1)]), int(order[-1])})
     errors: dict[str, float] = {}
@@ -296,9 +352,54 @@ def check_head_graphs(model: Any, head: GraphHead, graphs: HeadGraphs, inputs: n
         errors[score] = worst
     if not head_err <= HEAD_PROBABILITY_ATOL:
         raise ParityError("head.onnx(features) and the Keras probabilities", head_err, HEAD_PROBABILITY_ATOL)
+    masked_err = check_masked_head(head, head_session, features)
     return GradientParity(samples=int(inputs.shape[0]), classes=classes, scores=["logit", "probability"],
-                          head_probabilities_max_abs=head_err, gradient_max_rel=errors,
+                          head_probabilities_max_abs=head_err, masked_probabilities_max_abs=masked_err,
+                          gradient_max_rel=errors,
                           tolerances={"gradient_rtol": GRADIENT_RTOL, "head_probabilities_atol": HEAD_PROBABILITY_ATOL})
+
+
+def keras_head_logits(head: GraphHead, features: np.ndarray) -> np.ndarray:
+    """The head's own Keras layers applied to features (inference mode) → logits [N, K]: the reference."""
+    import keras
+
+    x = features
+    for layer in head.layers[:-1]:
+        x = layer(x, training=False)
+    last = head.layers[-1]
+    saved = last.activation if head.strip_activation else None
+    try:
+        if head.strip_activation:  # the same layer without its softmax
+            last.activation = keras.activations.linear
+        x = last(x, training=False)
+    finally:
+        if saved is not None:
+            last.activation = saved
+    out = np.asarray(x, np.float64)
+    return out.reshape(len(out), -1)
+
+
+MASKED_SAMPLES = 5
+"""Random spatial masks on which head.onnx's position_masks input is checked against the Keras head."""
+
+
+def check_masked_head(head: GraphHead, head_session: Any, features: np.ndarray) -> float:
+    """Max |probabilities| difference of head.onnx with masks vs the Keras head on the masked features."""
+    from .parity import softmax
+
+    _, h, w, c = features.shape
+    rng = np.random.default_rng(0)
+    masks = rng.uniform(0, 1, (MASKED_SAMPLES, h * w)).astype(np.float32)
+    masks[0] = 0.0
+    masks[0, rng.integers(h * w)] = 1.0  # one position alone, as ReciproCAM's masks without the Gaussian
+    (probs,) = head_session.run([PROBABILITIES_OUTPUT], {FEATURES_INPUT: features, MASKS_INPUT: masks})
+    masked = (features[:, None] * masks.reshape(1, -1, h, w, 1)).reshape(-1, h, w, c)
+    expected = softmax(keras_head_logits(head, masked))
+    err = float(np.abs(probs.astype(np.float64) - expected).max()) if len(expected) == len(probs) else np.inf
+    if not err <= HEAD_PROBABILITY_ATOL:
+        raise ParityError("head.onnx(features, position_masks) and the Keras head on masked features", err,
+                          HEAD_PROBABILITY_ATOL)
+    return err
 
 
 def locate_head(model: Any, kind: str = "auto") -> GraphHead | None:
@@ -346,10 +447,8 @@ def export_graph_head(model: Any, head: GraphHead, output: str | Path, *, labels
                           f"has {len(labels)} lines but the model has {num_classes} classes")
     height, width = (int(d) for d in model.inputs[0].shape[1:3])
     backbone: Any = head  # duck-typed like heads.CamHead: features, probabilities, needs_softmax
-    model_bytes = exporter._convert(keras, model, backbone, height, width, opset)
     graphs = convert_head(head, num_classes, opset)
-
-    import onnxruntime as ort
+    model_bytes = convert_model(model, head, graphs, height, width, opset)
 
     rng = np.random.default_rng(exporter.PARITY_SEED)
     pixels = rng.uniform(0, 255, (exporter.PARITY_SAMPLES, height, width, 3)).astype(np.float32)
@@ -358,9 +457,11 @@ def export_graph_head(model: Any, head: GraphHead, output: str | Path, *, labels
                                                                                                training=False))
     if head.needs_softmax:
         probs_k = softmax(probs_k).astype(np.float32)
-    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    session = parity_session(model_bytes)
     probs_o, feats_o = session.run([exporter.PROBABILITIES_NAME, exporter.FEATURES_NAME],
                                    {exporter.INPUT_NAME: inputs})
+    del session  # its copy of the weights (0.5 GB for VGG16) is not needed for the head checks
+    release_memory()
     prob_err = float(np.abs(probs_k.astype(np.float64) - probs_o).max())
     scale = float(np.abs(feats_k).max())
     feat_abs = float(np.abs(feats_k.astype(np.float64) - feats_o).max())

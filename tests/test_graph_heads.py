@@ -32,7 +32,14 @@ def _logit_and_feature_model(model: object, feature_layer: str) -> tuple[object,
     """keras.Model(inputs → [features, scores]) as in Keras' Grad-CAM example, and whether scores are logits.
 
     A final softmax Activation is skipped; a final Dense(softmax) is switched to linear by the caller."""
-    features = model.get_layer(feature_layer.rsplit(".", 1)[0]).output
+    name = feature_layer.rsplit(".", 1)[0]
+    try:
+        features = model.get_layer(name).output
+    except ValueError:  # produced by an operation that is not a layer (ConvNeXt's residual ``x + shortcut``)
+        from export.head_graphs import find_graph_head
+
+        features = find_graph_head(model).features
+        assert features._keras_history.operation.name == name
     last = model.layers[-1]
     if type(last).__name__ == "Activation" and last.activation.__name__ == "softmax":
         return keras.Model(model.inputs, [features, last.input]), True
@@ -112,17 +119,7 @@ def _export(arch: str, exported: dict[str, Path], tmp_path_factory: pytest.TempP
     return exported[arch]
 
 
-CONVNEXT_BACKBONE = pytest.mark.xfail(
-    strict=True, raises=Exception,
-    reason="the backbone, not the head: tf2onnx leaves ConvNeXt's depthwise conv as a StatefulPartitionedCall "
-           "that onnxruntime cannot load (the head and gradient graphs alone pass parity; see the issue-14 notes)")
-
-
-BACKBONE_PROBLEMS = {"convnexttiny": CONVNEXT_BACKBONE}
-
-
-@pytest.mark.parametrize("arch", [pytest.param(a, marks=BACKBONE_PROBLEMS[a]) if a in BACKBONE_PROBLEMS else a
-                                  for a in sorted(ARCH_SIZES)])
+@pytest.mark.parametrize("arch", sorted(ARCH_SIZES))
 def test_architecture_exports_with_gradient_parity(arch: str, exported: dict[str, Path],
                                                    tmp_path_factory: pytest.TempPathFactory,
                                                    photo_arrays: dict[str, np.ndarray]) -> None:
@@ -240,6 +237,68 @@ def test_graph_head_target_objects_and_device_maps(linear_and_graph: tuple[Path,
         CamEngine.load(linear_and_graph[1], device="cpu", device_maps=True)
 
 
+# --- ReciproCAM through head.onnx's position_masks input -------------------------------------------------
+
+
+def _head_model(kind: str) -> object:
+    """A small CNN with the head of VGG (flatten), MobileNetV3 (pooled 1×1 convs) or a global max pooling."""
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
+    x = keras.layers.Conv2D(12, 3, strides=2, activation="relu", name="last_conv")(x)
+    if kind == "flatten":
+        x = keras.layers.Flatten()(x)
+        x = keras.layers.Dense(16, activation="relu")(x)
+        outputs = keras.layers.Dense(5, activation="softmax")(x)
+    elif kind == "conv":
+        x = keras.layers.GlobalAveragePooling2D(keepdims=True)(x)
+        x = keras.layers.Conv2D(16, 1, activation="hard_silu")(x)
+        x = keras.layers.Dropout(0.2)(x)
+        x = keras.layers.Conv2D(5, 1)(x)
+        x = keras.layers.Flatten()(x)
+        outputs = keras.layers.Activation("softmax")(x)
+    else:
+        x = keras.layers.GlobalMaxPooling2D()(x)
+        outputs = keras.layers.Dense(5, activation="softmax")(x)
+    return keras.Model(inputs, outputs, name=f"head_{kind}")
+
+
+@pytest.mark.parametrize("kind", ["flatten", "conv", "maxpool"])
+def test_reciprocam_through_position_masks_equals_masked_copies(kind: str, tmp_path: Path,
+                                                                 photo_arrays: dict[str, np.ndarray]) -> None:
+    from cam_runtime.heads import GraphHead, Head
+    from cam_runtime.methods import HeadInputs, ReciproCAM
+
+    keras.utils.set_random_seed(11)
+    _head_model(kind).save(tmp_path / "m.keras")
+    manifest = export_model(tmp_path / "out", model_path=tmp_path / "m.keras")
+    assert manifest.provenance["parity"]["head_graphs"]["masked_probabilities_max_abs"] <= 1e-4
+    engine = CamEngine.load(tmp_path / "out", device="cpu")
+    head = engine.head
+    assert isinstance(head, GraphHead) and head.takes_masks
+    images = [photo_arrays[name] for name in ("chelsea", "coffee", "astronaut")]
+    batch = np.stack([engine.preprocessor.tensor(load_image(i).bgr) for i in images])
+    probs, features = engine.run(batch)
+    h, w = features.shape[1:3]
+    for gaussian in (True, False):
+        masks = ReciproCAM(gaussian=gaussian).masks(h, w)
+        fast = head.masked_forward(features, masks, batch_size=7)  # several graph calls, a partial last one
+        slow = Head.masked_forward(head, features, masks, batch_size=7)  # the masked copies through head.forward
+        for a, b in zip(fast, slow, strict=True):
+            assert a.shape == (3, h * w, 5)
+            assert np.abs(a - b).max() <= 1e-5 * max(np.abs(b).max(), 1e-6)
+    classes = np.argsort(-probs, axis=1)[:, :2]
+    for score in ("logit", "probability"):
+        maps = ReciproCAM(score=score).maps(HeadInputs(features, probs, None, classes, head=head))
+        masks = ReciproCAM().masks(h, w)
+        for i in range(3):  # the definition: each masked copy through the head, the target's score, min-shifted
+            masked = features[i][None] * masks[..., None]
+            logits, p = head.forward(masked)
+            values = (logits if score == "logit" else p)[:, classes[i]].T.reshape(2, h, w)
+            expected = values - values.min(axis=(1, 2), keepdims=True)
+            assert np.abs(maps[i] - expected).max() <= 1e-5 * max(np.abs(expected).max(), 1e-6)
+
+
 # --- refused graphs -------------------------------------------------------------------------------------
 
 
@@ -276,20 +335,6 @@ def test_tampered_or_swapped_head_graphs_refused(linear_and_graph: tuple[Path, P
     manifest["sha256"]["gradient.onnx"] = sha256_file(other / "gradient.onnx")
     (other / "manifest.json").write_text(json.dumps(manifest))
     CamEngine.load(other, device="cpu")  # same channels (12) and classes: a consistent swap is loadable
-
-
-@pytest.mark.parametrize("arch", ["convnexttiny", "efficientnetv2b0"])
-def test_head_graphs_alone_match_tape(arch: str) -> None:
-    """Where the backbone does not convert (see the xfails above), the head and gradient graphs still do."""
-    from export.head_graphs import check_head_graphs, convert_head, locate_head
-
-    keras.backend.clear_session()
-    model, _ = _build_application(ARCHITECTURES[arch], "random", 64)
-    head = locate_head(model, "graph")
-    graphs = convert_head(head, 1000, 17)
-    inputs = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
-    parity = check_head_graphs(model, head, graphs, inputs, np.asarray(model([inputs], training=False)), 1000)
-    assert max(parity.gradient_max_rel.values()) <= 1e-4 and parity.head_probabilities_max_abs <= 1e-4
 
 
 # --- a trained fixture with a non-linear head -------------------------------------------------------------
