@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import device_maps as dm
+from . import openvino_runtime
 from .boxes import DEFAULT_THRESHOLD, boxes_from_map
 from .errors import CamError, GraphMismatchError, HeadKindError, InvalidArgumentError, UnknownClassError
 from .heads import GraphHead, Head, LinearHead
@@ -126,6 +127,13 @@ class CamEngine:
             if value not in (True, False, "auto"):
                 raise InvalidArgumentError(f"{name} must be True, False or 'auto', got {value!r}")
         folder = ModelFolder.load(path, verify_checksums=verify_checksums)
+        # OpenVINO's own runtime (device="openvino-runtime", a bf16 folder): the model graph runs there; head
+        # graphs, if any, on onnxruntime's CPU provider.
+        ov_options = openvino_runtime.requested(device, providers, folder.manifest.provenance)
+        if ov_options is not None:
+            if device_maps is True or io_binding is True:
+                raise InvalidArgumentError("device_maps and io_binding need onnxruntime, not the OpenVINO runtime")
+            device, providers = "cpu", None
         ort = import_onnxruntime()
         session_providers = resolve_providers(device, cuda_provider_options(cuda_options), providers)
         on_cuda = provider_name(session_providers[0]) == CUDA
@@ -146,12 +154,15 @@ class CamEngine:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if library_threads is not None:
             limit_library_threads(library_threads)
-        try:
-            session = ort.InferenceSession(model, sess_options=options, providers=session_providers)
-        except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
-            raise GraphMismatchError(f"onnxruntime cannot load {folder.model_path.name}: "
-                                     f"{str(exc).strip().splitlines()[0][:300]}") from None
-        warn_on_fallback(session_providers, session.get_providers())
+        if ov_options is not None:
+            session = openvino_runtime.session_from_spec(folder.model_path, ov_options, threads)
+        else:
+            try:
+                session = ort.InferenceSession(model, sess_options=options, providers=session_providers)
+            except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
+                raise GraphMismatchError(f"onnxruntime cannot load {folder.model_path.name}: "
+                                         f"{str(exc).strip().splitlines()[0][:300]}") from None
+            warn_on_fallback(session_providers, session.get_providers())
         head = None
         if folder.manifest.head is not None:
             sessions = []
