@@ -286,7 +286,7 @@ class CamEngine:
         """Model on a preprocessed batch → (probabilities [N, K], features [N, h, w, C] in NHWC)."""
         probs, features = self._fetch(self._output_names, batch)
         if self.manifest.outputs.features_layout == "NCHW":
-            features = features.transpose(0, 2, 3, 1)
+            features = _nchw_to_nhwc(np.asarray(features, dtype=np.float32))
         return (np.asarray(probs, dtype=np.float32),
                 np.ascontiguousarray(features, dtype=np.float32))
 
@@ -376,7 +376,7 @@ class CamEngine:
         if classes is None:
             if not 1 <= top_k <= self.num_classes:
                 raise InvalidArgumentError(f"top_k must be in [1, {self.num_classes}], got {top_k}")
-            return np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
+            return top_k_ids(probabilities, top_k)
         if isinstance(classes, int | str | np.integer | Target):
             return np.full((n, 1), self.class_id(classes), dtype=np.intp)
         items = list(classes)
@@ -613,7 +613,7 @@ class CamEngine:
                 raw_maps = cam_method.maps(head)
             shared_ms = (time.perf_counter() - start) * 1e3 / len(good)
             k_shown = max(top_k, targets.shape[1])
-            order = np.argsort(-probs, axis=1, kind="stable")[:, :k_shown]
+            order = top_k_ids(probs, k_shown)
             for row, (position, (image, _, timings)) in enumerate(zip(good_positions, good, strict=True)):
                 start = time.perf_counter()
                 target_maps = []
@@ -632,6 +632,25 @@ class CamEngine:
                     timings_ms={**timings, "inference": infer_ms, "maps": maps_ms})
         for position, item in enumerate(decoded):
             yield item if isinstance(item, ImageFailure) else outputs[position]
+
+
+def top_k_ids(probabilities: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.intp]:
+    """Class ids [N, k] by falling probability, ties by lower id (a stable argsort; argmax for k = 1, ~15x faster)."""
+    if k == 1 and not np.isnan(probabilities).any():  # argmax returns the first maximum: the stable order's head
+        return np.argmax(probabilities, axis=1)[:, None].astype(np.intp)
+    return np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+
+
+def _nchw_to_nhwc(features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """[N, C, h, w] → contiguous [N, h, w, C]: cv2.transpose per image, ~5x faster than NumPy's strided copy."""
+    import cv2
+
+    n, c, h, w = features.shape
+    source = np.ascontiguousarray(features)
+    out = np.empty((n, h, w, c), dtype=np.float32)
+    for i in range(n):
+        cv2.transpose(source[i].reshape(c, h * w), out[i].reshape(h * w, c))
+    return out
 
 
 def normalise_label(label: str) -> str:
