@@ -88,7 +88,7 @@ def cam_runtime_pipeline(folder: Path, device: str, precision: str = "fp32", met
     return lambda path: engine.explain(path, method=method)[0].overlay()
 
 
-def bench_pytorch_grad_cam(photos: list[Path], rounds: int) -> dict[str, Any]:
+def bench_pytorch_grad_cam(photos: list[Path], rounds: int, threads: int = 1) -> dict[str, Any]:
     """pytorch-grad-cam GradCAM on the torch EfficientNet-Lite1, CPU fp32: decode → overlay per image (ms)."""
     import cv2
     import torch
@@ -99,7 +99,9 @@ def bench_pytorch_grad_cam(photos: list[Path], rounds: int) -> dict[str, Any]:
     from pytorch_grad_cam.utils.image import show_cam_on_image
     from test_onnx_import_torch import HeadHooked, lite1
 
-    torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
+    # One thread: on this shared 2-core box torch's OpenMP pool with 2 threads ran 10-18x slower (spin-waits
+    # against the other processes); --torch-threads changes it.
+    torch.set_num_threads(threads)
     hooked = HeadHooked(lite1()).eval()
     cam = gradcam.GradCAM(model=hooked, target_layers=[hooked.head_activation])
     mean, std = np.float32(127.0), np.float32(128.0)  # the tf-lite preset the folder uses
@@ -128,6 +130,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer rounds (noisier)")
     parser.add_argument("--torch-python", default="python3", help="interpreter with torch for pytorch-grad-cam")
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--only-torch", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     from photos import make_photos
@@ -138,9 +141,8 @@ def main() -> None:
     chelsea = chelsea_photo(RESULTS / "chelsea")
     sets = {"chelsea": [chelsea], "mixed": make_photos(photos_dir, 64)[:8]}
     if args.only_torch is not None:
-        args.only_torch.write_text(json.dumps({name: bench_pytorch_grad_cam(items, rounds * (8 if name == "chelsea"
-                                                                                             else 1))
-                                               for name, items in sets.items()}))
+        args.only_torch.write_text(json.dumps({name: bench_pytorch_grad_cam(
+            items, rounds * (8 if name == "chelsea" else 1), args.torch_threads) for name, items in sets.items()}))
         return
     import openvino
     import openvino_xai
@@ -187,12 +189,12 @@ def main() -> None:
     try:
         import torch  # noqa: F401
 
-        r["pytorch_grad_cam"] = {name: bench_pytorch_grad_cam(items, rounds * (8 if name == "chelsea" else 1))
-                                 for name, items in sets.items()}
+        r["pytorch_grad_cam"] = {name: bench_pytorch_grad_cam(items, rounds * (8 if name == "chelsea" else 1),
+                                                              args.torch_threads) for name, items in sets.items()}
     except ImportError:
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
-            subprocess.run([args.torch_python, __file__, "--only-torch", out.name] + (["--quick"] if args.quick
-                                                                                       else []), check=True)
+            subprocess.run([args.torch_python, __file__, "--only-torch", out.name, "--torch-threads",
+                            str(args.torch_threads)] + (["--quick"] if args.quick else []), check=True)
             r["pytorch_grad_cam"] = json.loads(Path(out.name).read_text())
     r["load_end"] = loadavg()
     lines = [f"# cam-runtime vs OpenVINO XAI and pytorch-grad-cam ({r['created']})", "",
@@ -207,7 +209,8 @@ def main() -> None:
         lines.append(f"| {pname} | {r['sets']['chelsea'][pname]:.2f} | {r['sets']['mixed'][pname]:.2f} | "
                      f"{r['sets']['chelsea'][pname] / xai_ms:.2f}x |")
     g = r["pytorch_grad_cam"]
-    lines.append(f"| pytorch-grad-cam GradCAM, torch CPU fp32 | {g['chelsea']['ms']:.2f} | "
+    lines.append(f"| pytorch-grad-cam GradCAM, torch CPU fp32, {g['chelsea']['threads']} thread(s) | "
+                 f"{g['chelsea']['ms']:.2f} | "
                  f"{g['mixed']['ms']:.2f} | — |")
     text = "\n".join(lines) + "\n"
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
