@@ -155,7 +155,7 @@ class CamEngine:
         if library_threads is not None:
             limit_library_threads(library_threads)
         if ov_options is not None:
-            session = openvino_runtime.session_from_spec(folder.model_path, ov_options, threads)
+            session = openvino_runtime.session_from_spec(folder.model_path, ov_options, threads or default_threads())
         else:
             try:
                 session = ort.InferenceSession(model, sess_options=options, providers=session_providers)
