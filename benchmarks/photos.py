@@ -29,6 +29,9 @@ def make_photos(folder: Path, count: int = 64, seed: int = 0, quality: int = 90)
     """``count`` JPEGs of mixed sizes (random crops of 40-100% of a photo, resized to 240-1280 px long side)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
+    cached = sorted(folder.glob("*.jpg"))
+    if len(cached) >= count and all(p.name[:3].isdigit() for p in cached[:count]):
+        return cached[:count]  # already written (scikit-image not needed, e.g. on a machine without it)
     photos = list(source_photos().items())
     paths = []
     for i in range(count):

@@ -316,6 +316,11 @@ def markdown(r: dict[str, Any]) -> str:
               f"| CLI `camr explain FOLDER` (startup subtracted) | {f['images_per_s']:.1f} |",
               f"| CLI including startup ({f['wall_s']:.1f} s wall) | {f['images_per_s_including_startup']:.1f} |",
               f"| API `iter_explain` + overlay/JSON writes | {af['images_per_s']:.1f} |"]
+    if "small_models" in r:
+        import small_models
+
+        lines += ["", "## Small models (end to end vs bare session.run, interleaved, medians)", "",
+                  *small_models.markdown_rows(r["small_models"])]
     if "variants" in r:
         lines += ["", "## INT8 and FP16 (bare session.run, CPU)", "",
                   "Measured interleaved (fp32, int8, fp16; 3 rounds, medians).", "",
@@ -339,6 +344,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run, noisier numbers)")
     parser.add_argument("--skip-variants", action="store_true", help="no INT8/FP16 section")
     parser.add_argument("--photos", type=int, default=64, help="number of photos (≥ 64 for the folder target)")
+    parser.add_argument("--skip-small-models", action="store_true",
+                        help="no small-model section (small_models.py)")
     args = parser.parse_args()
     os.chdir(ROOT)
     from rich.console import Console
@@ -377,6 +384,12 @@ def main() -> None:
         del engine
         log("CLI folder throughput (fresh processes)")
         r["folder"] = bench_folder(photos_dir, len(photos), out, 1 if args.quick else 3)
+        if not args.skip_small_models:
+            import small_models
+
+            log("small models next to ResNet50 (end to end vs bare, interleaved)")
+            r["small_models"] = small_models.run_section(list(small_models.MODELS), photos,
+                                                         2 if args.quick else 5, log, out / "small")
         if not args.skip_variants:
             log("INT8 and FP16")
             r["variants"] = bench_variants(photos, repeats, log, out)

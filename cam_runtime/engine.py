@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import device_maps as dm
+from . import openvino_runtime
 from .boxes import DEFAULT_THRESHOLD
 from .errors import GraphMismatchError, HeadKindError, InvalidArgumentError, RunTimeoutError
 from .heads import GraphHead, Head, LinearHead
@@ -110,6 +111,13 @@ class CamEngine:
             if value not in (True, False, "auto"):
                 raise InvalidArgumentError(f"{name} must be True, False or 'auto', got {value!r}")
         folder = ModelFolder.load(path, verify_checksums=verify_checksums)
+        # OpenVINO's own runtime (device="openvino-runtime", a bf16 folder): the model graph runs there; head
+        # graphs, if any, on onnxruntime's CPU provider.
+        ov_options = openvino_runtime.requested(device, providers, folder.manifest.provenance)
+        if ov_options is not None:
+            if device_maps is True or io_binding is True:
+                raise InvalidArgumentError("device_maps and io_binding need onnxruntime, not the OpenVINO runtime")
+            device, providers = "cpu", None
         ort = import_onnxruntime()
         session_providers = resolve_providers(device, cuda_provider_options(cuda_options), providers)
         on_cuda = provider_name(session_providers[0]) == CUDA
@@ -124,8 +132,11 @@ class CamEngine:
         options = session_options(ort, threads=threads, spinning=spinning)
         if library_threads is not None:
             limit_library_threads(library_threads)
-        session = create_session(ort, model, options, session_providers, folder.model_path.name)
-        warn_on_fallback(session_providers, session.get_providers())
+        if ov_options is not None:
+            session = openvino_runtime.session_from_spec(folder.model_path, ov_options, threads or default_threads())
+        else:
+            session = create_session(ort, model, options, session_providers, folder.model_path.name)
+            warn_on_fallback(session_providers, session.get_providers())
         head = None
         if folder.manifest.head is not None:
             sessions = [create_session(ort, str(folder.path_of(role)), options, session_providers,

@@ -25,7 +25,12 @@ from .errors import (
 
 if "OPENCV_LOG_LEVEL" not in os.environ:
     # Every decode failure becomes an ImageDecodeError; OpenCV's own stderr lines would break one-line reports.
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_FATAL)
+    # OpenCV 4.x pip wheels have no cv2.utils.logging; cv2.setLogLevel takes the same level (1 = FATAL).
+    _cv_logging = getattr(cv2.utils, "logging", None)
+    if _cv_logging is not None:
+        _cv_logging.setLogLevel(_cv_logging.LOG_LEVEL_FATAL)
+    elif hasattr(cv2, "setLogLevel"):
+        cv2.setLogLevel(1)
 
 ImageInput = Union[str, Path, bytes, bytearray, memoryview, npt.NDArray[np.generic]]
 """What the engine accepts as one image: a path, encoded bytes, or a decoded array."""

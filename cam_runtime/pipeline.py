@@ -29,7 +29,7 @@ from .methods import CamMethod, ForwardRunner, HeadInputs
 from .preprocess import Preprocessor
 from .results import ExplainResult, ImageFailure, Prediction, TargetMap
 from .session import WATCHDOG
-from .targets import ClassIndex, TargetRequest
+from .targets import ClassIndex, TargetRequest, top_k_ids
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -325,7 +325,7 @@ class Pipeline:
             raw_maps = request.method.maps(head)
         shared_ms = (time.perf_counter() - start) * 1e3 / len(images)
         top_k = request.targets.top_k
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :max(top_k, targets.shape[1])]
+        order = top_k_ids(probs, max(top_k, targets.shape[1]))
         labels = self.index.labels
         finite: npt.NDArray[np.bool_] = np.asarray(np.isfinite(raw_maps).reshape(len(images), -1).all(axis=1))
         out: dict[int, ExplainResult | ImageFailure] = {}

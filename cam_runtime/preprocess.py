@@ -77,16 +77,39 @@ class Preprocessor:
         levels = np.arange(256, dtype=np.float32)[:, None] * self._scale
         levels += self._offset
         self._lut = np.ascontiguousarray(levels.reshape(1, 256, 3), dtype=np.float32)
+        # NCHW: one single-channel table per model channel, and the BGR plane each one reads (the RGB swap
+        # folded into the plane order): split + 3 LUTs into the output planes replace cvtColor, a 3-channel
+        # LUT and a float32 transpose copy (~6x less work after the resize, same bits).
+        self._plane_luts = [np.ascontiguousarray(levels[:, c].reshape(1, 256)) for c in range(3)]
+        self._plane_source = (2, 1, 0) if self._needs_rgb else (0, 1, 2)
 
-    def tensor(self, bgr: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-        """One image → its HxWxC (or CxHxW for NCHW) float32 input, without the batch axis."""
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """One image's input shape without the batch axis: (H, W, 3) or (3, H, W)."""
+        h, w = self.spec.height, self.spec.width
+        return (3, h, w) if self.spec.layout == "NCHW" else (h, w, 3)
+
+    def tensor(self, bgr: npt.NDArray[np.uint8],
+               out: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.float32]:
+        """One image → its HxWxC (or CxHxW for NCHW) float32 input, without the batch axis.
+
+        ``out`` (C-contiguous float32 of :attr:`shape`, e.g. a row of a batch) receives it without a copy.
+        """
+        if out is not None and (out.shape != self.shape or out.dtype != np.float32 or not out.flags.c_contiguous):
+            raise InvalidArgumentError(f"out must be a C-contiguous float32 array of shape {self.shape}")
         resized = np.ascontiguousarray(resize_image(bgr, self.spec.height, self.spec.width, self.resize_mode))
+        if self.spec.layout == "NCHW":
+            planes = cv2.split(resized)
+            x = np.empty(self.shape, dtype=np.float32) if out is None else out
+            for c in range(3):
+                cv2.LUT(planes[self._plane_source[c]], self._plane_luts[c], dst=x[c])
+            return x
         if self._needs_rgb:
             resized = cast("npt.NDArray[np.uint8]", cv2.cvtColor(resized, cv2.COLOR_BGR2RGB))
-        x = cast("npt.NDArray[np.float32]", cv2.LUT(resized, self._lut))
-        if self.spec.layout == "NCHW":
-            return np.ascontiguousarray(x.transpose(2, 0, 1))
-        return x
+        if out is None:
+            return cast("npt.NDArray[np.float32]", cv2.LUT(resized, self._lut))
+        cv2.LUT(resized, self._lut, dst=out)
+        return out
 
     def tensor_from_float(self, pixels: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
         """Float BGR pixels (0-255, already at the input size; e.g. masked or blended) → the model input."""
@@ -101,9 +124,7 @@ class Preprocessor:
 
     def batch(self, images: list[npt.NDArray[np.uint8]]) -> npt.NDArray[np.float32]:
         """Several images → one contiguous batch tensor."""
-        shape = ((3, self.spec.height, self.spec.width) if self.spec.layout == "NCHW"
-                 else (self.spec.height, self.spec.width, 3))
-        out = np.empty((len(images), *shape), dtype=np.float32)
+        out = np.empty((len(images), *self.shape), dtype=np.float32)
         for i, image in enumerate(images):
-            out[i] = self.tensor(image)
+            self.tensor(image, out=out[i])
         return out

@@ -23,7 +23,8 @@ SHORTCUTS: dict[str, str] = {
     "coreml": "CoreMLExecutionProvider", "directml": "DmlExecutionProvider", "rocm": "ROCMExecutionProvider",
 }
 """Device shortcut → onnxruntime provider name."""
-DEVICES: tuple[str, ...] = ("auto", *SHORTCUTS)
+DEVICES: tuple[str, ...] = ("auto", *SHORTCUTS, "openvino-runtime")
+"""Device shortcuts; ``openvino-runtime`` is OpenVINO's own runtime (CamEngine.load, :mod:`.openvino_runtime`)."""
 ProviderSpec = Union[str, tuple[str, dict[str, Any]]]
 """A provider as onnxruntime takes it: a name, or (name, options)."""
 
@@ -117,6 +118,9 @@ def resolve_providers(device: str = "auto", cuda_options: dict[str, Any] | None 
     if not isinstance(device, str) or device.lower() not in DEVICES:
         raise InvalidArgumentError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     device = device.lower()
+    if device == "openvino-runtime":
+        raise InvalidArgumentError("openvino-runtime is OpenVINO's own runtime, not an onnxruntime provider: "
+                                   "CamEngine.load(device='openvino-runtime') selects it")
     if device == "auto":
         device = "cuda" if CUDA in available else "cpu"
     wanted = SHORTCUTS[device]

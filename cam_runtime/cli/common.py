@@ -57,6 +57,7 @@ class Device(str, Enum):
     cpu = "cpu"
     cuda = "cuda"
     openvino = "openvino"
+    openvino_runtime = "openvino-runtime"
     tensorrt = "tensorrt"
     coreml = "coreml"
     directml = "directml"
