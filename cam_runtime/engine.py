@@ -28,7 +28,7 @@ from .imaging import (
 )
 from .maps import heatmap_at
 from .methods import CAM, CamMethod, FloatArray, GradCAM, HeadInputs, HiResCAM, ScoreCAM, get_method, relu
-from .model_folder import ModelFolder
+from .model import ModelFolder
 from .preprocess import Preprocessor
 from .providers import (
     CUDA,

@@ -77,8 +77,8 @@ class ChecksumMismatchError(ModelLoadingError, ValueError):
 class UnsafePathError(ModelLoadingError, ValueError):
     """A path in the manifest points outside the model folder."""
 
-    def __init__(self, name: str) -> None:
-        super().__init__(f"manifest file path {name!r} points outside the model folder; refused")
+    def __init__(self, name: str, problem: str = "points outside the model folder") -> None:
+        super().__init__(f"manifest file path {name!r} {problem}; refused")
 
 
 class WeightsError(ModelLoadingError, ValueError):

@@ -24,7 +24,7 @@ from .fidelity import (
     load_tensors,
 )
 from .folder_writer import write_model_folder
-from .manifest import Manifest
+from .model.manifest import Manifest
 from .providers import import_onnxruntime
 
 

@@ -14,9 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 from cam_runtime.engine import CamEngine
 from cam_runtime.errors import InvalidArgumentError, OutputExistsError
 from cam_runtime.fidelity import FidelityError, acceptance_problems
-from cam_runtime.folder_writer import write_model_folder
 from cam_runtime.fp16 import fp16_folder
-from cam_runtime.manifest import InputSpec, OutputSpec, Preprocess
+from cam_runtime.model import InputSpec, OutputSpec, Preprocess, write_model_folder
 from cam_runtime.quantize import quantize_folder
 from cam_runtime.variants import EvaluationSets, candidate_engine, evaluate, finish_variant
 from tiny_models import make_tiny_folder

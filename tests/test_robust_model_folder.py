@@ -28,7 +28,7 @@ from cam_runtime.errors import (
     UnsupportedFormatError,
     WeightsError,
 )
-from cam_runtime.model_folder import ModelFolder
+from cam_runtime.model import ModelFolder
 from tiny_models import make_tiny_folder, tiny_onnx
 
 runner = CliRunner()

@@ -179,7 +179,7 @@ def load_engine(model: Path, device: Device | str, threads: int | None, *, max_p
     """Load a model folder into a CamEngine (imports the runtime lazily so ``--help`` stays fast)."""
     from cam_runtime.engine import CamEngine
     from cam_runtime.imaging import DEFAULT_MAX_PIXELS
-    from cam_runtime.manifest import RESIZE_MODES
+    from cam_runtime.model.manifest import RESIZE_MODES
 
     if resize is not None and resize not in RESIZE_MODES:
         from cam_runtime.errors import InvalidArgumentError
