@@ -102,7 +102,8 @@ class CamEngine:
              verify_checksums: bool = True, warmup: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS,
              resize: str | None = None, cuda_options: dict[str, Any] | None = None,
              library_threads: int | None = 1, spinning: bool = False, device_maps: OnOff = False,
-             io_binding: OnOff = False, providers: Sequence[ProviderSpec] | None = None) -> CamEngine:
+             io_binding: OnOff = False, providers: Sequence[ProviderSpec] | None = None,
+             trust_graph: bool = False) -> CamEngine:
         """Verify a model folder and create its session on ``device`` ("auto", "cpu", "cuda", "openvino"…).
 
         ``providers`` passes an onnxruntime provider list through instead (names or ``(name, options)``
@@ -119,13 +120,14 @@ class CamEngine:
         ``device_maps`` extends the graph in memory (needs ``onnx``) so that top-k CAMs are computed on the
         session's device and only maps and probabilities reach the host; ``io_binding`` runs through
         onnxruntime's IOBinding. Both take True, False or "auto" (on when the session runs on CUDA).
+        ``trust_graph`` allows operators outside the CNN allowlist (loops, branches: :mod:`cam_runtime.model.graph`).
         """
         if threads is not None and threads < 1:
             raise InvalidArgumentError(f"threads must be ≥ 1, got {threads}")
         for name, value in (("device_maps", device_maps), ("io_binding", io_binding)):
             if value not in (True, False, "auto"):
                 raise InvalidArgumentError(f"{name} must be True, False or 'auto', got {value!r}")
-        folder = ModelFolder.load(path, verify_checksums=verify_checksums)
+        folder = ModelFolder.load(path, verify_checksums=verify_checksums, trust_graph=trust_graph)
         ort = import_onnxruntime()
         session_providers = resolve_providers(device, cuda_provider_options(cuda_options), providers)
         on_cuda = provider_name(session_providers[0]) == CUDA

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -278,6 +278,14 @@ class ImageEncodeError(OutputError, ValueError):
 
 
 # --- annotations (evaluation) ------------------------------------------------------------------------
+
+
+class FidelityError(CamError, ValueError):
+    """A derived model (INT8, FP16) disagrees with its float32 source more than the acceptance thresholds allow."""
+
+    def __init__(self, variant: str, problems: Sequence[str]) -> None:
+        super().__init__(f"{variant} model rejected: {'; '.join(problems)} (see the fidelity report above; "
+                         "try more or more representative calibration images, or accept with --accept-low-fidelity)")
 
 
 class AnnotationError(CamError, ValueError):
