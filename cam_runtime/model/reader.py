@@ -55,10 +55,14 @@ def check_files(root: Path, manifest: Manifest) -> dict[str, FileCheck]:
     """The checksum status of every file in the manifest (roles first, then the other ``sha256`` entries)."""
     named = manifest.files.present()
     checks = {role: _check_one(root, role, name, manifest.sha256[name])[0] for role, name in named.items()}
-    for name, digest in manifest.sha256.items():
-        if name not in named.values() and name != MANIFEST_FILENAME:
-            checks[f"extra:{name}"] = _check_one(root, f"extra:{name}", name, digest)[0]
-    return checks
+    return {**checks, **_check_extras(root, manifest)}
+
+
+def _check_extras(root: Path, manifest: Manifest) -> dict[str, FileCheck]:
+    """The status of the files ``sha256`` lists beyond ``files`` (external data, notes…)."""
+    named = set(manifest.files.present().values())
+    return {f"extra:{name}": _check_one(root, f"extra:{name}", name, digest)[0]
+            for name, digest in manifest.sha256.items() if name not in named and name != MANIFEST_FILENAME}
 
 
 def _check_one(root: Path, role: str, name: str, expected: str | None,
@@ -161,6 +165,15 @@ class ModelFolder:
             resolved[role] = check.path
             if data is not None:
                 contents[role] = data
+        if verify_checksums:  # the other files the manifest lists (external data among them) are verified too
+            for check in _check_extras(root, manifest).values():
+                if check.status != "ok":
+                    if check.status == "unsafe path":
+                        raise UnsafePathError(check.file)
+                    if check.status == "missing":
+                        raise ModelFileNotFoundError(root / check.file)
+                    raise ChecksumMismatchError(root / check.file, manifest.sha256[check.file],
+                                                sha256_file(root / check.file))
         weights = None
         if "weights" in resolved:
             weights = npy_float32_from_bytes(contents["weights"], resolved["weights"].name, "weights")
@@ -174,4 +187,8 @@ class ModelFolder:
             bias = np.zeros(k, dtype=np.float32)
         labels = (parse_labels(contents["labels"], str(resolved["labels"]), k) if "labels" in resolved
                   else [str(i) for i in range(k)])
-        return cls(root=root, manifest=manifest, weights=weights, bias=bias, labels=tuple(labels))
+        loaded = cls(root=root, manifest=manifest, weights=weights, bias=bias, labels=tuple(labels))
+        from .graph import check_graphs  # parses ONNX with the onnx package: imported only when loading
+
+        check_graphs(loaded, trust_graph=trust_graph)
+        return loaded
