@@ -90,6 +90,9 @@ ClassesOpt = Annotated[list[str] | None, typer.Option("--class", "-c", show_defa
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors and warnings (one line "
                                                           "each on stderr).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (nothing else there).")]
+TrustGraphOpt = Annotated[bool, typer.Option("--trust-model-graph", help="Load a model whose graph uses operators "
+                                             "outside the CNN allowlist (loops, branches…): only for models you "
+                                             "trust (docs/security.md).")]
 ResizeOpt = Annotated[str | None, typer.Option("--resize", help="Override the manifest's resize mode: nearest, "
                                                                 "bilinear, area or bicubic.")]
 
@@ -175,7 +178,7 @@ def handle_errors(func: F) -> F:
 
 
 def load_engine(model: Path, device: Device | str, threads: int | None, *, max_pixels: int | None = None,
-                resize: str | None = None, warmup: bool = True) -> CamEngine:
+                resize: str | None = None, warmup: bool = True, trust_graph: bool = False) -> CamEngine:
     """Load a model folder into a CamEngine (imports the runtime lazily so ``--help`` stays fast)."""
     from cam_runtime.engine import CamEngine
     from cam_runtime.imaging import DEFAULT_MAX_PIXELS
@@ -186,7 +189,8 @@ def load_engine(model: Path, device: Device | str, threads: int | None, *, max_p
 
         raise InvalidArgumentError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
     return CamEngine.load(model, device=Device(device).value, threads=threads,
-                          max_pixels=max_pixels or DEFAULT_MAX_PIXELS, resize=resize, warmup=warmup)
+                          max_pixels=max_pixels or DEFAULT_MAX_PIXELS, resize=resize, warmup=warmup,
+                          trust_graph=trust_graph)
 
 
 def stdout_is_terminal() -> bool:

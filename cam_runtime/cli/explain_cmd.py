@@ -26,6 +26,7 @@ from .common import (
     ModelOpt,
     ResizeOpt,
     ThreadsOpt,
+    TrustGraphOpt,
     handle_errors,
     load_engine,
     warn_line,
@@ -70,6 +71,7 @@ def explain(
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders.")] = False,
     max_pixels: MaxPixelsOpt = 100_000_000,
     resize: ResizeOpt = None,
+    trust_model_graph: TrustGraphOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary table.")] = False,
     every: EveryOpt = 1,
     start: StartOpt = None,
@@ -108,7 +110,8 @@ def explain(
             end=end, smooth=smooth, batch_size=batch_size, alpha=alpha, colormap=colormap, boxes=boxes,
             all_boxes=all_boxes, box_threshold=box_threshold, force=force, quiet=quiet)
         video_options.validate()
-        engine = load_engine(model, device, threads, max_pixels=max_pixels, resize=resize)
+        engine = load_engine(model, device, threads, max_pixels=max_pixels, resize=resize,
+                             trust_graph=trust_model_graph)
         raise typer.Exit(video_cmd.run_video(engine, inputs[0], output, video_options, model_path=model))
 
     from .inputs import collect_inputs
@@ -133,7 +136,8 @@ def explain(
         raise typer.Exit(run_ray_explain(ray_address, inputs, output, model, options, device=device.value,
                                          threads=threads, max_pixels=max_pixels, resize=resize, recursive=recursive))
     items = collect_inputs(inputs, recursive=recursive)
-    engine = load_engine(model, device, threads, max_pixels=max_pixels, resize=resize)
+    engine = load_engine(model, device, threads, max_pixels=max_pixels, resize=resize,
+                         trust_graph=trust_model_graph)
     if "scorecam" in methods and not json_lines:
         warn_line(SCORECAM_SLOW)
     if len(methods) > 1:

@@ -15,6 +15,7 @@ from .common import (
     ModelOpt,
     QuietOpt,
     ThreadsOpt,
+    TrustGraphOpt,
     err_console,
     handle_errors,
     out_console,
@@ -72,6 +73,7 @@ def quantize(
     min_correlation: Annotated[float, typer.Option("--min-correlation", min=-1.0, max=1.0,
                                                    help="Minimum mean Pearson correlation of the maps.")] = 0.9,
     threads: ThreadsOpt = None,
+    trust_model_graph: TrustGraphOpt = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
     as_json: JsonOpt = False,
     output_option: Annotated[Path | None, typer.Option("--output", "-o", show_default=False,
@@ -99,6 +101,7 @@ def quantize(
     common: dict[str, Any] = dict(calibration=calibration, held_out=held_out, max_images=max_images,
                                   threads=threads, force=force, accept_low_fidelity=accept_low_fidelity,
                                   min_top1=min_top1, min_correlation=min_correlation, on_report=show,
+                                  trust_graph=trust_model_graph,
                                   log=lambda message: None if quiet else log.print(f"[dim]{message}[/dim]"))
     if precision is Precision.int8:
         from cam_runtime.derive import quantize_folder

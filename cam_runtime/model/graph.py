@@ -114,6 +114,11 @@ def check_sizes(folder: ModelFolder, path: Path, model: Any, max_tensor_bytes: i
             for dim, size in zip(dims, fixed, strict=True):
                 dim.ClearField("dim_param")
                 dim.dim_value = size
+    _strip_large_initializers(model)
+    # Declared shapes are the graph's claims: dropped, so every size below is inferred from the operators.
+    del model.graph.value_info[:]
+    for graph_output in model.graph.output:
+        graph_output.type.tensor_type.ClearField("shape")
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as exc:  # InferenceError, or a graph onnx cannot reason about
@@ -168,6 +173,31 @@ def check_external_data(folder: ModelFolder, path: Path, model: Any) -> None:
         size = target.stat().st_size
         if offset < 0 or (length is not None and (length < 0 or offset + length > size)) or offset > size:
             raise ExternalDataError(path, tensor.name, location, f"offset/length reach past its {size} bytes")
+
+
+_SMALL_INITIALIZER = 4096
+"""Initializers up to this many elements keep their values (shape arithmetic needs them); larger become inputs."""
+
+
+def _strip_large_initializers(model: Any) -> None:
+    """Turn large initializers into typed graph inputs: inference needs their shapes, not their megabytes."""
+    from onnx import helper
+
+    graph = model.graph
+    keep, moved = [], []
+    declared = {i.name for i in graph.input}
+    for tensor in graph.initializer:
+        if math.prod(tensor.dims) > _SMALL_INITIALIZER and tensor.data_location != 1:
+            moved.append(tensor)
+        else:
+            keep.append(tensor)
+    if not moved:
+        return
+    for tensor in moved:
+        if tensor.name not in declared:
+            graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
 
 
 def _allowed(domain: str, op: str) -> bool:
