@@ -79,6 +79,7 @@ class UnsafePathError(ModelLoadingError, ValueError):
 
     def __init__(self, name: str, problem: str = "points outside the model folder") -> None:
         super().__init__(f"manifest file path {name!r} {problem}; refused")
+        self.problem = problem
 
 
 class WeightsError(ModelLoadingError, ValueError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -54,11 +55,16 @@ def failure_reason(exc: BaseException) -> str:
 
 
 def resolve_inside(root: Path, name: str) -> Path:
-    """Join a relative name to ``root``, refusing anything (links included) that resolves outside it."""
+    """Join a relative name to ``root``, refusing anything (links included) that resolves outside it or loops."""
+    joined = root / name
     try:
-        path = (root / name).resolve()
-    except (OSError, RuntimeError):  # a symlink loop: Python < 3.13 raises RuntimeError, later OSError
-        raise UnsafePathError(name, "is a symbolic link loop") from None
+        path = joined.resolve(strict=True)
+    except FileNotFoundError:  # missing (or a dangling link): where it would be, for the caller to report
+        path = joined.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop: ELOOP, or RuntimeError before Python 3.13
+        if isinstance(exc, RuntimeError) or exc.errno == errno.ELOOP:
+            raise UnsafePathError(name, "is a symbolic link loop") from None
+        path = joined.resolve()
     if not path.is_relative_to(root.resolve()):
         raise UnsafePathError(name)
     return path

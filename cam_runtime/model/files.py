@@ -91,8 +91,8 @@ def npy_float32_from_bytes(data: bytes, name: str, role: str) -> npt.NDArray[np.
     """Parse .npy bytes, validating the header (dtype, shape, size) before any array is made.
 
     Pickles are refused from the header alone; the array must be a non-empty float16/32/64 array of at most
-    :data:`MAX_WEIGHT_DIMS` axes, with finite values and no subnormal ones (a head whose weights are all
-    below float32's smallest normal number turns every normalised heatmap into inf).
+    :data:`MAX_WEIGHT_DIMS` axes with finite values. Subnormal float32 values are flushed to zero, and dense
+    weights with no normal value at all are refused (squared in the gradient methods, they give NaN/inf).
     """
     if data.startswith(b"PK\x03\x04"):
         raise WeightsError(f"{role} file {name} is a .npz/zip archive, not a .npy file")
@@ -129,8 +129,11 @@ def npy_float32_from_bytes(data: bytes, name: str, role: str) -> npt.NDArray[np.
         out = np.ascontiguousarray(array, dtype=np.float32)
     if not np.all(np.isfinite(out)):
         raise WeightsError(f"{role} file {name} holds NaN, infinite or float32-overflowing values")
+    tiny = np.finfo(np.float32).tiny
     magnitude = np.abs(out)
-    if np.any((magnitude > 0) & (magnitude < np.finfo(np.float32).tiny)):
-        raise WeightsError(f"{role} file {name} holds subnormal values (below {np.finfo(np.float32).tiny:.2e}); "
-                           "maps from such weights overflow when normalised")
+    if role == "weights" and not np.any(magnitude >= tiny):
+        raise WeightsError(f"{role} file {name} holds only zero or subnormal values (all below {tiny:.2e}): such a "
+                           "head has no class evidence and its maps are rounding noise (NaN/inf once squared)")
+    if np.any((magnitude > 0) & (magnitude < tiny)):  # a stray subnormal contributes nothing: flushed to zero
+        out = np.where(magnitude < tiny, np.float32(0), out).astype(np.float32)
     return out

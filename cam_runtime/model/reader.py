@@ -45,6 +45,8 @@ class FileCheck:
     status: FileStatus
     bytes: int | None
     path: Path | None = None
+    problem: str | None = None
+    """Why an "unsafe path" is unsafe (escapes the folder, loops)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``file``, ``status``, ``bytes``)."""
@@ -70,8 +72,8 @@ def _check_one(root: Path, role: str, name: str, expected: str | None,
     """Hash one file; with ``read_limit`` a small file is read whole (bounded) and its bytes returned too."""
     try:
         path = resolve_inside(root, name)
-    except UnsafePathError:
-        return FileCheck(role, name, "unsafe path", None), None
+    except UnsafePathError as exc:
+        return FileCheck(role, name, "unsafe path", None, problem=exc.problem), None
     if not path.is_file():
         return FileCheck(role, name, "missing", None, path), None
     data = None
@@ -156,7 +158,7 @@ class ModelFolder:
             limit = None if role in GRAPH_ROLES else labels_limit(k) if role == "labels" else MAX_SIDE_FILE_BYTES
             check, data = _check_one(root, role, name, manifest.sha256[name] if verify_checksums else None, limit)
             if check.status == "unsafe path":
-                raise UnsafePathError(name)
+                raise UnsafePathError(name, check.problem or "points outside the model folder")
             if check.status == "missing" or check.path is None:
                 raise ModelFileNotFoundError(check.path or root / name)
             if check.status == "MISMATCH":
@@ -169,7 +171,7 @@ class ModelFolder:
             for check in _check_extras(root, manifest).values():
                 if check.status != "ok":
                     if check.status == "unsafe path":
-                        raise UnsafePathError(check.file)
+                        raise UnsafePathError(check.file, check.problem or "points outside the model folder")
                     if check.status == "missing":
                         raise ModelFileNotFoundError(root / check.file)
                     raise ChecksumMismatchError(root / check.file, manifest.sha256[check.file],
