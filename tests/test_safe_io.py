@@ -33,7 +33,7 @@ def test_refuses_by_size_directory_and_fifo(tmp_path: Path) -> None:
     def read() -> None:
         try:
             read_bounded(fifo, 10)
-        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion below
+        except BaseException as exc:
             done.append(exc)
 
     worker = threading.Thread(target=read, daemon=True)
