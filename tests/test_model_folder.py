@@ -58,10 +58,10 @@ def test_extra_files_are_verified_at_load(folder: Path) -> None:
     add_extra(folder, "notes.txt", b"hello")
     ModelFolder.load(folder)
     (folder / "notes.txt").write_bytes(b"HELLO")
-    with pytest.raises(ChecksumMismatchError, match="notes.txt"):
+    with pytest.raises(ChecksumMismatchError, match=r"notes\.txt"):
         ModelFolder.load(folder)
     (folder / "notes.txt").unlink()
-    with pytest.raises(ModelFileNotFoundError, match="notes.txt"):
+    with pytest.raises(ModelFileNotFoundError, match=r"notes\.txt"):
         ModelFolder.load(folder)
 
 
@@ -87,6 +87,6 @@ def test_derived_folder_copies_everything_but_what_changes(folder: Path, tmp_pat
     with pytest.raises(InvalidArgumentError, match="no such file"):
         write_derived_folder(source, tmp_path / "bad", replace={"head": new_model}, changes={})
     (folder / "labels.txt").write_text("swapped after loading\n")
-    with pytest.raises(ChecksumMismatchError, match="labels.txt"):
+    with pytest.raises(ChecksumMismatchError, match=r"labels\.txt"):
         write_derived_folder(source, tmp_path / "swapped", replace={"model": new_model}, changes={})
     assert not (tmp_path / "swapped").exists()
