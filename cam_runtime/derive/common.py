@@ -33,15 +33,16 @@ def check_output(output: str | Path, force: bool) -> None:
         raise OutputExistsError(output)
 
 
-def candidate_engine(source: CamEngine, model_path: Path, work: Path, *, threads: int | None = None,
+def candidate_engine(source: CamEngine, graphs: Path | dict[str, Path], work: Path, *, threads: int | None = None,
                      device: str = "cpu", trust_graph: bool = False) -> CamEngine:
-    """An engine for ``model_path`` with the source folder's head, labels and preprocessing.
+    """An engine for the derived ``graphs`` (a model path, or role → path) with the source's other files.
 
     The candidate is written as a complete derived folder under ``work`` and loaded like any folder, so it
     passes the same checks and gets the same session settings as the source.
     """
-    folder = work / f"candidate-{model_path.stem}"
-    write_derived_folder(source.folder, folder, replace={"model": model_path},
+    replace = _as_replace(graphs)
+    folder = work / f"candidate-{replace['model'].stem}"
+    write_derived_folder(source.folder, folder, replace=dict(replace),
                          changes={"name": derived_name(source.manifest.name, "candidate")}, force=True)
     return CamEngine.load(folder, device=device, threads=threads, max_pixels=source.max_pixels,
                           trust_graph=trust_graph)
@@ -59,14 +60,14 @@ def median_latency_ms(engine: CamEngine, sample: npt.NDArray[np.float32], runs: 
     return float(np.median(times))
 
 
-def finish_variant(source: CamEngine, model_path: Path, output: str | Path, *, variant: str,
+def finish_variant(source: CamEngine, graphs: Path | dict[str, Path], output: str | Path, *, variant: str,
                    fidelity: dict[str, SetFidelity], details: dict[str, Any], force: bool,
                    accept_low_fidelity: bool, min_top1: float = MIN_TOP1_AGREEMENT,
                    min_correlation: float = MIN_MEAN_CORRELATION,
                    on_report: Callable[[dict[str, SetFidelity]], None] | None = None) -> VariantResult:
     """Report the fidelity, refuse a model below the thresholds (unless accepted), else write the folder.
 
-    The new folder is a copy of the source's manifest (every section, known or not) with the new graph,
+    The new folder is a copy of the source's manifest (every section, known or not) with the new graphs,
     ``name`` suffixed by the variant and the variant's provenance (settings, source, fidelity) added.
     """
     if on_report is not None:
@@ -86,8 +87,12 @@ def finish_variant(source: CamEngine, model_path: Path, output: str | Path, *, v
                      "accepted_below_thresholds": bool(problems),
                      "sets": {name: result.to_dict() for name, result in fidelity.items()}},
     }
-    written = write_derived_folder(folder, output, replace={"model": model_path}, changes=changes, force=force)
+    written = write_derived_folder(folder, output, replace=dict(_as_replace(graphs)), changes=changes, force=force)
     return VariantResult(written, fidelity, details)
+
+
+def _as_replace(graphs: Path | dict[str, Path]) -> dict[str, Path]:
+    return {"model": graphs} if isinstance(graphs, Path) else graphs
 
 
 def derived_name(name: str, suffix: str) -> str:

@@ -83,15 +83,16 @@ def _run_batched(engine: CamEngine, batch: npt.NDArray[np.float32],
 
 def compare(reference: CamEngine, candidate: CamEngine, batch: npt.NDArray[np.float32],
                sizes: Sequence[tuple[int, int]], batch_size: int = 8) -> SetFidelity:
-    """Top-1 agreement, map correlation and box IoU of ``candidate`` against ``reference`` on one batch."""
+    """Top-1 agreement, map correlation and box IoU of ``candidate`` against ``reference`` on one batch.
+
+    Both maps are of the reference's top-1 class, each computed through its own model's head.
+    """
     probs_ref, feats_ref = _run_batched(reference, batch, batch_size)
     probs_new, feats_new = _run_batched(candidate, batch, batch_size)
     top_ref = probs_ref.argmax(axis=1)
     top_new = probs_new.argmax(axis=1)
-    classes = top_ref[:, None].astype(np.intp)
-    weights = reference.folder.linear_weights("the fidelity report's CAM comparison")
-    maps_ref = weighted_sum(feats_ref, weights.T[classes])[:, 0]
-    maps_new = weighted_sum(feats_new, weights.T[classes])[:, 0]
+    maps_ref = class_maps(reference, feats_ref, top_ref)
+    maps_new = class_maps(candidate, feats_new, top_ref)
     correlations, ious = [], []
     for i, (height, width) in enumerate(sizes):
         correlations.append(_pearson(maps_ref[i], maps_new[i]))
@@ -106,6 +107,19 @@ def compare(reference: CamEngine, candidate: CamEngine, batch: npt.NDArray[np.fl
         map_correlation_mean=float(np.mean(correlations)), map_correlation_min=float(np.min(correlations)),
         box_iou_mean=float(np.mean(ious)), box_iou_min=float(np.min(ious)),
         max_abs_probability_diff=float(np.abs(probs_ref - probs_new).max()))
+
+
+def class_maps(engine: CamEngine, features: npt.NDArray[np.float32],
+               classes: npt.NDArray[np.intp]) -> npt.NDArray[np.float32]:
+    """Grad-CAM maps [N, h, w] of one class per image through ``engine``'s own head (linear or graph).
+
+    For a linear head the channel weights are W[:, k] / (h·w): the CAM up to a positive factor, which neither
+    the correlation nor the boxes see; a graph head's are its mean gradients, so the derived head graphs count.
+    """
+    directions = np.zeros((len(classes), 1, engine.num_classes), np.float32)
+    directions[np.arange(len(classes)), 0, classes] = 1.0
+    gradients = engine.head.logit_gradients(features, directions)[:, 0]
+    return weighted_sum(features, gradients.mean(axis=(1, 2))[:, None, :])[:, 0]
 
 
 def acceptance_problems(report: dict[str, SetFidelity], min_top1: float = MIN_TOP1_AGREEMENT,

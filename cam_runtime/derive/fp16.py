@@ -34,7 +34,8 @@ def fp16_folder(source: str | Path | CamEngine, output: str | Path, *, calibrati
     """Write an FP16 copy of a model folder, checked against float32 on the images in ``calibration``.
 
     The fidelity check runs the FP16 graph on ``device`` (CUDA when available with "auto"); on a CPU it
-    works but may be slower than float32 — FP16 is meant for GPUs.
+    works but may be slower than float32 — FP16 is meant for GPUs. A graph head's ``head.onnx`` and
+    ``gradient.onnx`` are converted too (float32 inputs and outputs kept), and the fidelity maps go through them.
     """
     check_output(output, force)
     say = log or (lambda _message: None)
@@ -42,9 +43,10 @@ def fp16_folder(source: str | Path | CamEngine, output: str | Path, *, calibrati
                                                                                 trust_graph=trust_graph)
     sets = EvaluationSets.load(engine, calibration, held_out, max_images)
     with tempfile.TemporaryDirectory(prefix="camr-fp16-") as tmp:
-        path = convert_model(engine.folder.model_path, Path(tmp) / "fp16.onnx")
-        say("converted to float16 (inputs and outputs kept float32)")
-        candidate = candidate_engine(engine, path, Path(tmp), threads=threads, device=device,
+        roles = ("model", "head", "gradient") if not engine.folder.is_linear else ("model",)
+        graphs = {role: convert_model(engine.folder.path_of(role), Path(tmp) / f"fp16-{role}.onnx") for role in roles}
+        say(f"converted {', '.join(roles)} to float16 (inputs and outputs kept float32)")
+        candidate = candidate_engine(engine, graphs, Path(tmp), threads=threads, device=device,
                                      trust_graph=trust_graph)
         sample = sets.calibration[:1]
         latency = {"fp32_cpu": median_latency_ms(engine, sample, timing_runs),
@@ -52,8 +54,8 @@ def fp16_folder(source: str | Path | CamEngine, output: str | Path, *, calibrati
                        median_latency_ms(candidate, sample, timing_runs)}
         fidelity = fidelity_report(engine, candidate, sets)
         details = {"tool": "onnxruntime.transformers.float16.convert_float_to_float16", "keep_io_types": True,
-                   "checked_on": candidate.providers[0],
+                   "graphs": list(roles), "checked_on": candidate.providers[0],
                    "batch1_latency_ms": {k: round(v, 3) for k, v in latency.items()}}
-        return finish_variant(engine, path, output, variant="fp16", fidelity=fidelity, details=details,
+        return finish_variant(engine, graphs, output, variant="fp16", fidelity=fidelity, details=details,
                               force=force, accept_low_fidelity=accept_low_fidelity, min_top1=min_top1,
                               min_correlation=min_correlation, on_report=on_report)

@@ -80,9 +80,11 @@ def quantize_folder(source: str | Path | CamEngine, output: str | Path, *, calib
     """Write an INT8 copy of a model folder, calibrated on the images in ``calibration``.
 
     ``activation`` "auto" quantizes both U8S8 and S8S8 and keeps the faster on this CPU (median batch-1
-    latency); "u8" or "s8" forces one. The fidelity against the float32 folder (calibration and held-out
-    images) is passed to ``on_report``, stored in the manifest, and below the thresholds raises
-    :class:`~cam_runtime.errors.FidelityError` unless ``accept_low_fidelity``.
+    latency); "u8" or "s8" forces one. Only the model graph is quantized: a graph head's ``head.onnx`` and
+    ``gradient.onnx`` (a small share of the compute, and gradients need the range) are copied in float32.
+    The fidelity against the float32 folder (calibration and held-out images) is passed to ``on_report``,
+    stored in the manifest, and below the thresholds raises :class:`~cam_runtime.errors.FidelityError`
+    unless ``accept_low_fidelity``.
     """
     if activation not in ("auto", *ACTIVATIONS):
         raise InvalidArgumentError(f"activation must be auto, {' or '.join(ACTIVATIONS)}, got {activation!r}")
@@ -115,7 +117,8 @@ def quantize_folder(source: str | Path | CamEngine, output: str | Path, *, calib
         say(f"chose {chosen.upper()}S8: batch-1 latency " +
             ", ".join(f"{k} {v:.2f} ms" for k, v in latency.items()))
         fidelity = fidelity_report(engine, candidate, sets)
-        details = {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "per_channel": True,
+        details = {"tool": "onnxruntime.quantization.quantize_static", "graphs": ["model"],
+                   "format": "QDQ", "per_channel": True,
                    "weights": "int8", "activations": "uint8" if chosen == "u8" else "int8",
                    "chosen": f"{chosen.upper()}S8", "candidates": [f"{a.upper()}S8" for a in candidates],
                    "calibration_method": calibrate_method, "calibration_images": len(sets.calibration),
