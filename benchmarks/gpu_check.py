@@ -211,7 +211,7 @@ def fp16_model(fp32: CamEngine, given: Path | None, device: str, work: Path) -> 
         return given
     if FP16.is_dir():
         return FP16
-    from cam_runtime.fp16 import fp16_folder
+    from cam_runtime.derive import fp16_folder
 
     output = work / "fp16"
     fp16_folder(fp32, output, calibration=SHAPES_IMAGES, device=device, max_images=8, accept_low_fidelity=True,

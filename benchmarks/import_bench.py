@@ -26,8 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cam_runtime import CamEngine  # noqa: E402
-from cam_runtime.folder_writer import write_model_folder  # noqa: E402
-from cam_runtime.manifest import InputSpec, OutputSpec  # noqa: E402
+from cam_runtime.model import (  # noqa: E402
+    InputSpec,
+    OutputSpec,
+    write_model_folder,
+)
 from export.onnx_import import PRESETS, import_onnx  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"

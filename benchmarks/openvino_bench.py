@@ -95,13 +95,13 @@ def bf16_fidelity(engines: dict[str, Any], held_out: list[Path]) -> dict[str, An
     """The variant fidelity report of bf16 against onnxruntime fp32 on the held-out photos."""
     if "openvino bf16" not in engines:
         return None
-    from cam_runtime.fidelity import compare_on
+    from cam_runtime.derive.fidelity import compare
 
     reference = engines["ort-cpu fp32"]
     decoded = [reference.load_image(p) for p in held_out]
     batch = np.stack([reference.preprocessor.tensor(d.bgr) for d in decoded])
     sizes = [(d.height, d.width) for d in decoded]
-    return compare_on(reference, engines["openvino bf16"], batch, sizes).to_dict()
+    return compare(reference, engines["openvino bf16"], batch, sizes).to_dict()
 
 
 def markdown(r: dict[str, Any]) -> str:

@@ -220,9 +220,8 @@ def bench_api_folder(engine: Any, photos: list[Path], out: Path) -> dict[str, An
 
 def bench_variants(photos: list[Path], repeats: int, log: Any, out: Path) -> dict[str, Any]:
     """INT8 (built here if missing; calibration = first half of the photos) and FP16, bare session speed."""
+    from cam_runtime.derive import fp16_folder, quantize_folder
     from cam_runtime.engine import CamEngine
-    from cam_runtime.fp16 import fp16_folder
-    from cam_runtime.quantize import quantize_folder
 
     calib, held = out / "calibration", out / "held-out"
     for folder, items in ((calib, photos[:32]), (held, photos[32:])):

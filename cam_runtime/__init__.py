@@ -23,9 +23,9 @@ if TYPE_CHECKING:
     from .ground_truth_boxes import read_boxes
     from .image_files import iter_image_files
     from .imaging import load_image
-    from .manifest import Manifest, read_manifest
     from .methods import METHODS, get_method
-    from .model_folder import ModelFolder, imagenet_labels
+    from .model import ModelFolder, imagenet_labels
+    from .model.manifest import Manifest, read_manifest
     from .render import overlay
     from .results import ExplainResult, ImageFailure, Prediction, TargetMap
     from .targets import ClassTarget, DifferenceTarget, PerImage, RankTarget, ScoreTarget, Target
@@ -43,9 +43,9 @@ _LAZY: dict[str, str] = {
     "ImageError": ".errors",
     "ImageFailure": ".results",
     "METHODS": ".methods",
-    "Manifest": ".manifest",
+    "Manifest": ".model",
     "MethodReport": ".evaluation",
-    "ModelFolder": ".model_folder",
+    "ModelFolder": ".model",
     "ModelLoadingError": ".errors",
     "PerImage": ".targets",
     "Prediction": ".results",
@@ -57,13 +57,13 @@ _LAZY: dict[str, str] = {
     "evaluate": ".evaluation",
     "evaluate_method": ".evaluation",
     "get_method": ".methods",
-    "imagenet_labels": ".model_folder",
+    "imagenet_labels": ".model",
     "iter_image_files": ".image_files",
     "load_image": ".imaging",
     "load_samples": ".evaluation",
     "overlay": ".render",
     "read_boxes": ".ground_truth_boxes",
-    "read_manifest": ".manifest",
+    "read_manifest": ".model",
 }
 """Public name → the submodule that defines it."""
 

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import DeviceMapsError, OnnxMissingError
-from .manifest import Manifest
+from .model.manifest import Manifest
 
 MAPS = "cam_maps"
 CLASSES = "cam_classes"

@@ -22,7 +22,7 @@ from .errors import GraphMismatchError, HeadKindError, InvalidArgumentError, Run
 from .heads import GraphHead, Head, LinearHead
 from .imaging import DEFAULT_MAX_PIXELS, AlphaMode, ChannelOrder, DecodedImage, ImageInput, load_image
 from .methods import CamMethod, get_method
-from .model_folder import ModelFolder
+from .model import ModelFolder
 from .pipeline import BatchDecoder, ExplainRequest, Pipeline, pixel_cap
 from .preprocess import Preprocessor
 from .providers import (
@@ -85,7 +85,8 @@ class CamEngine:
              resize: str | None = None, cuda_options: dict[str, Any] | None = None,
              library_threads: int | None = 1, spinning: bool = False, device_maps: OnOff = False,
              io_binding: OnOff = False, providers: Sequence[ProviderSpec] | None = None,
-             run_timeout: float | None = DEFAULT_RUN_TIMEOUT_S, max_pixels_in_flight: int | None = None) -> CamEngine:
+             run_timeout: float | None = DEFAULT_RUN_TIMEOUT_S, max_pixels_in_flight: int | None = None,
+             trust_graph: bool = False) -> CamEngine:
         """Verify a model folder and create its session on ``device`` ("auto", "cpu", "cuda", "openvino"…).
 
         ``providers`` passes an onnxruntime provider list through instead (names or ``(name, options)``
@@ -104,13 +105,14 @@ class CamEngine:
         onnxruntime's IOBinding. Both take True, False or "auto" (on when the session runs on CUDA).
         ``run_timeout`` stops any model run (one batch) after that many seconds (None: no limit);
         ``max_pixels_in_flight`` bounds the decoded pixels held at once (default: twice ``max_pixels``).
+        ``trust_graph`` allows operators outside the CNN allowlist (loops, branches: :mod:`cam_runtime.model.graph`).
         """
         if threads is not None and threads < 1:
             raise InvalidArgumentError(f"threads must be ≥ 1, got {threads}")
         for name, value in (("device_maps", device_maps), ("io_binding", io_binding)):
             if value not in (True, False, "auto"):
                 raise InvalidArgumentError(f"{name} must be True, False or 'auto', got {value!r}")
-        folder = ModelFolder.load(path, verify_checksums=verify_checksums)
+        folder = ModelFolder.load(path, verify_checksums=verify_checksums, trust_graph=trust_graph)
         # OpenVINO's own runtime (device="openvino-runtime", a bf16 folder): the model graph runs there; head
         # graphs, if any, on onnxruntime's CPU provider.
         ov_options = openvino_runtime.requested(device, providers, folder.manifest.provenance)

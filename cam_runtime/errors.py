@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -77,8 +77,9 @@ class ChecksumMismatchError(ModelLoadingError, ValueError):
 class UnsafePathError(ModelLoadingError, ValueError):
     """A path in the manifest points outside the model folder."""
 
-    def __init__(self, name: str) -> None:
-        super().__init__(f"manifest file path {name!r} points outside the model folder; refused")
+    def __init__(self, name: str, problem: str = "points outside the model folder") -> None:
+        super().__init__(f"manifest file path {name!r} {problem}; refused")
+        self.problem = problem
 
 
 class WeightsError(ModelLoadingError, ValueError):
@@ -95,6 +96,40 @@ class GraphMismatchError(ModelLoadingError, ValueError):
         super().__init__(f"ONNX graph does not match the manifest: {problem}")
 
 
+class GraphCheckError(ModelLoadingError, ValueError):
+    """An ONNX file of the folder cannot be checked before loading (not ONNX, shape inference fails, …)."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        super().__init__(f"{Path(path).name}: {problem}; refused")
+
+
+class UntrustedOperatorError(ModelLoadingError, ValueError):
+    """The graph uses operators outside the CNN allowlist (loops, branches, sequences, custom domains…)."""
+
+    def __init__(self, path: str | Path, operators: Iterable[str]) -> None:
+        names = list(operators)
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        super().__init__(f"{Path(path).name} uses operators outside the CNN allowlist ({shown}); refused: such a "
+                         "graph can loop or allocate without bound. If you trust this model, pass "
+                         "--trust-model-graph (API: trust_graph=True)")
+
+
+class TensorBudgetError(ModelLoadingError, ValueError):
+    """Shape inference found a tensor larger than the per-tensor budget (e.g. ConstantOfShape to gigabytes)."""
+
+    def __init__(self, path: str | Path, tensor: str, shape: Sequence[int], nbytes: int, budget: int) -> None:
+        super().__init__(f"{Path(path).name}: tensor {tensor[:80]!r} of shape {list(shape)} needs {nbytes:,} bytes "
+                         f"at batch 1, more than the {budget:,} allowed per tensor; refused")
+
+
+class ExternalDataError(ModelLoadingError, ValueError):
+    """A tensor's external data is outside the folder, unverified, missing or out of range."""
+
+    def __init__(self, path: str | Path, tensor: str, location: str, problem: str) -> None:
+        super().__init__(f"{Path(path).name}: tensor {tensor[:80]!r} has external data {location[:120]!r} that "
+                         f"{problem}; refused")
+
+
 class DeviceMapsError(ModelLoadingError, ValueError):
     """The graph cannot be extended with on-device CAM outputs (``device_maps``)."""
 
@@ -103,10 +138,10 @@ class DeviceMapsError(ModelLoadingError, ValueError):
 
 
 class OnnxMissingError(ModelLoadingError, ImportError):
-    """A feature that edits ONNX graphs was requested but the onnx package is not installed."""
+    """The onnx package (a dependency: graphs are checked with it before loading) is not installed."""
 
     def __init__(self, feature: str) -> None:
-        super().__init__(f"{feature} needs the onnx package: pip install onnx (or the 'test'/'export' extra)")
+        super().__init__(f"{feature} needs the onnx package: pip install onnx (a dependency of cam-runtime)")
 
 
 class MissingDependencyError(CamError, ImportError):
@@ -278,6 +313,14 @@ class ImageEncodeError(OutputError, ValueError):
 
 
 # --- annotations (evaluation) ------------------------------------------------------------------------
+
+
+class FidelityError(CamError, ValueError):
+    """A derived model (INT8, FP16) disagrees with its float32 source more than the acceptance thresholds allow."""
+
+    def __init__(self, variant: str, problems: Sequence[str]) -> None:
+        super().__init__(f"{variant} model rejected: {'; '.join(problems)} (see the fidelity report above; "
+                         "try more or more representative calibration images, or accept with --accept-low-fidelity)")
 
 
 class AnnotationError(CamError, ValueError):

@@ -35,12 +35,13 @@ import numpy.typing as npt
 
 from .boxes import DEFAULT_THRESHOLD, boxes_from_map
 from .engine import CamEngine
-from .errors import CamError, InvalidArgumentError, UnknownClassError, UnsafePathError
+from .errors import CamError, InvalidArgumentError, UnknownClassError
 from .ground_truth_boxes import Annotations, GroundTruthBox
 from .imaging import DecodedImage
 from .maps import heatmap_at, upsample
 from .preprocess import resize_image
 from .road import DEFAULT_PERCENTILES, RoadScore, road
+from .safe_io import resolve_inside
 
 Baseline = Literal["blur", "mean"]
 BASELINES: tuple[str, ...] = ("blur", "mean")
@@ -378,7 +379,7 @@ def load_samples(engine: CamEngine, images_dir: str | Path, annotations: Annotat
         chunk: list[tuple[str, Path, DecodedImage, int | None]] = []
         for name in names[start:start + batch_size]:
             try:
-                path = _inside(root, name)
+                path = resolve_inside(root, name)
                 label = next((b.label for b in annotations[name] if b.label), None)
                 gt = engine.class_id(label) if label is not None else None
                 chunk.append((name, path, engine.load_image(path, source=name), gt))
@@ -400,13 +401,6 @@ def _same_class(engine: CamEngine, label: str, target: int) -> bool:
         return engine.class_id(label) == target
     except UnknownClassError:
         return False
-
-
-def _inside(root: Path, name: str) -> Path:
-    path = (root / name).resolve()
-    if not path.is_relative_to(root.resolve()):
-        raise UnsafePathError(name)
-    return path
 
 
 def evaluate_method(engine: CamEngine, samples: Sequence[Sample], method: str, *,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import AnnotationError
+from .safe_io import RefusedFileError, failure_reason, read_bounded
 
 MAX_ANNOTATION_BYTES = 64 * 1024 * 1024
 """Boxes files above this size are refused rather than read into memory."""
@@ -65,13 +66,11 @@ def read_boxes(path: str | Path) -> Annotations:
 
 def _read_bounded(path: Path) -> bytes:
     try:
-        if not path.is_file():
-            raise AnnotationError(path, "file not found" if not path.exists() else "not a regular file")
-        if path.stat().st_size > MAX_ANNOTATION_BYTES:
-            raise AnnotationError(path, f"larger than {MAX_ANNOTATION_BYTES // (1024 * 1024)} MiB")
-        return path.read_bytes()
-    except OSError as exc:
-        raise AnnotationError(path, exc.strerror or str(exc)) from None
+        return read_bounded(path, MAX_ANNOTATION_BYTES)
+    except FileNotFoundError:
+        raise AnnotationError(path, "file not found") from None
+    except (OSError, RefusedFileError) as exc:
+        raise AnnotationError(path, failure_reason(exc)) from None
 
 
 def _coordinate(text: str, path: Path, where: str, field: str) -> int:

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import GraphMismatchError
-from .manifest import HeadSpec, Layout
+from .model.manifest import HeadSpec, Layout
 
 FloatArray = npt.NDArray[np.float32]
 MASKS_INPUT = "position_masks"
@@ -105,7 +105,7 @@ class LinearHead(Head):
 
 
 class GraphHead(Head):
-    """A non-linear head run from ``head.onnx`` and ``gradient.onnx`` (see :class:`cam_runtime.manifest.HeadSpec`)."""
+    """A non-linear head run from ``head.onnx`` and ``gradient.onnx`` (see :class:`cam_runtime.model.HeadSpec`)."""
 
     linear = False
 

@@ -8,7 +8,7 @@ installs beside the CPU onnxruntime (the ``openvino`` package does not replace t
 Precision is an inference-precision hint: ``fp32`` (exact float32 semantics) or ``bf16`` where the CPU
 executes bfloat16 natively (AVX512-BF16 or AMX), detected from OpenVINO's ``OPTIMIZATION_CAPABILITIES`` and
 never assumed: asking for bf16 elsewhere is an error (OpenVINO would silently emulate or ignore it). A bf16
-model folder is a derived variant with a fidelity report (:mod:`cam_runtime.bf16`).
+model folder is a derived variant with a fidelity report (:mod:`cam_runtime.derive.bf16`).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from .errors import (
     OutputFolderError,
     UnsafeOutputPathError,
 )
+from .safe_io import current_umask
 
 TEMP_PREFIX = ".camr-"
 TEMP_SUFFIX = ".tmp"
@@ -64,7 +65,7 @@ def write_bytes_atomic(path: str | Path, data: bytes, *, fsync: bool = True) -> 
             if fsync:
                 handle.flush()
                 os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o644 & ~_umask())
+        os.chmod(tmp_name, 0o644 & ~current_umask())
         os.replace(tmp_name, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -156,12 +157,6 @@ def remove_stale_temps(folder: str | Path) -> int:
                 tmp.unlink()
                 removed += 1
     return removed
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # --- output names ----------------------------------------------------------------------------------------------

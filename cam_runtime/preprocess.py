@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import InvalidArgumentError
-from .manifest import RESIZE_MODES, InputSpec, Preprocess
+from .model.manifest import RESIZE_MODES, InputSpec, Preprocess
 
 _CV2_RESIZE = {"bilinear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "bicubic": cv2.INTER_CUBIC}
 

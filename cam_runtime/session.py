@@ -22,7 +22,7 @@ import numpy.typing as npt
 from . import device_maps as dm
 from .errors import GraphMismatchError, InvalidArgumentError, ModelRunError, RunTimeoutError
 from .heads import GraphHead, Head
-from .manifest import Manifest
+from .model import Manifest
 from .providers import CUDA, import_onnxruntime
 from .targets import check_top_k
 

@@ -27,6 +27,7 @@ import numpy.typing as npt
 from . import video_sources  # noqa: F401  (sets FFmpeg's log level before the first writer is opened)
 from .errors import InvalidArgumentError, OutputFolderError, VideoWriteError
 from .outputs import TEMP_PREFIX, TEMP_SUFFIX, strict_json
+from .safe_io import current_umask
 
 CODECS: tuple[str, ...] = ("avc1", "mp4v")
 """FourCCs tried in this order by codec "auto": H.264, then MPEG-4 Part 2."""
@@ -128,7 +129,7 @@ class AtomicVideoWriter:
                 self._tmp.unlink()
             return None
         try:
-            os.chmod(self._tmp, 0o644 & ~_umask())
+            os.chmod(self._tmp, 0o644 & ~current_umask())
             os.replace(self._tmp, self.path)
         except OSError as exc:
             raise OutputFolderError(self.path.parent, exc.strerror or str(exc)) from None
@@ -168,17 +169,11 @@ class AtomicLineWriter:
                 handle.flush()
                 os.fsync(handle.fileno())
                 handle.close()
-                os.chmod(self._tmp, 0o644 & ~_umask())
+                os.chmod(self._tmp, 0o644 & ~current_umask())
                 os.replace(self._tmp, self.path)
             except OSError as exc:
                 raise OutputFolderError(self.path.parent, exc.strerror or str(exc)) from None
         return self.path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 @dataclass

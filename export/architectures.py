@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cam_runtime.manifest import Preprocess
+from cam_runtime.model import Preprocess
 
 # Keras' preprocess_input modes, written as (pixels_0_255_in_color_order - mean) / std.
 CAFFE = Preprocess("BGR", (103.939, 116.779, 123.68), (1.0, 1.0, 1.0), "nearest")

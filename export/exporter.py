@@ -14,9 +14,15 @@ from typing import Any
 import numpy as np
 
 from cam_runtime.errors import OutputExistsError
-from cam_runtime.folder_writer import write_model_folder
-from cam_runtime.manifest import InputSpec, Manifest, OutputSpec, Preprocess
-from cam_runtime.model_folder import imagenet_labels, sha256_file
+from cam_runtime.model import (
+    InputSpec,
+    Manifest,
+    OutputSpec,
+    Preprocess,
+    imagenet_labels,
+    sha256_file,
+    write_model_folder,
+)
 
 from .architectures import ARCHITECTURES, SUPPORTED, Architecture
 from .errors import (

@@ -431,9 +431,7 @@ def export_graph_head(model: Any, head: GraphHead, output: str | Path, *, labels
     """Convert the backbone (probabilities + features), the head and its gradient; verify all three; write."""
     import keras
 
-    from cam_runtime.folder_writer import write_model_folder
-    from cam_runtime.manifest import HeadSpec, InputSpec, OutputSpec
-    from cam_runtime.model_folder import imagenet_labels
+    from cam_runtime.model import HeadSpec, InputSpec, OutputSpec, imagenet_labels, write_model_folder
 
     from . import exporter
     from .errors import LabelsError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cam_runtime.model_folder import read_labels
+from cam_runtime.model import read_labels
 
 from .errors import LabelsError, short_reason
 

@@ -20,9 +20,8 @@ import numpy as np
 import numpy.typing as npt
 
 from cam_runtime.errors import OutputExistsError
-from cam_runtime.folder_writer import write_model_folder
-from cam_runtime.manifest import COLOR_ORDERS, LAYOUTS, RESIZE_MODES, InputSpec, OutputSpec, Preprocess
-from cam_runtime.model_folder import imagenet_labels, sha256_file
+from cam_runtime.model import imagenet_labels, sha256_file, write_model_folder
+from cam_runtime.model.manifest import COLOR_ORDERS, LAYOUTS, RESIZE_MODES, InputSpec, OutputSpec, Preprocess
 
 from .errors import (
     LabelsError,

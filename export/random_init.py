@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from cam_runtime.manifest import InputSpec, Preprocess
+from cam_runtime.model import InputSpec, Preprocess
 
 from .heads import CamHead
 

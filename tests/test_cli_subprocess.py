@@ -26,8 +26,9 @@ from tiny_models import make_tiny_folder
 
 REPO = Path(__file__).resolve().parents[1]
 TF_MODULES = ("tensorflow", "keras", "tf2onnx")
-OPTIONAL_MODULES = (*TF_MODULES, "onnx", "torch", "onnxscript", "pytorch_grad_cam", "ray", "pyarrow")
-"""Extras that the runtime commands (explain, info, import --help) must not import."""
+OPTIONAL_MODULES = (*TF_MODULES, "torch", "onnxscript", "pytorch_grad_cam", "ray", "pyarrow")
+"""Extras that the runtime commands (explain, info, import --help) must not import (onnx is a dependency: loading a
+model checks its graph with it, see docs/security.md; ``import cam_runtime`` and ``--help`` still do not load it)."""
 
 
 def camr(*args: object, cwd: Path | None = None, timeout: float = 120,

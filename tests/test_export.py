@@ -18,8 +18,7 @@ keras = pytest.importorskip("keras")
 from cam_runtime import CamEngine  # noqa: E402
 from cam_runtime.errors import OutputExistsError  # noqa: E402
 from cam_runtime.imaging import load_image  # noqa: E402
-from cam_runtime.manifest import InputSpec, read_manifest  # noqa: E402
-from cam_runtime.model_folder import ModelFolder, sha256_file  # noqa: E402
+from cam_runtime.model import InputSpec, ModelFolder, read_manifest, sha256_file  # noqa: E402  # noqa: E402
 from cam_runtime.preprocess import Preprocessor  # noqa: E402
 from export.architectures import ARCHITECTURES  # noqa: E402
 from export.errors import (  # noqa: E402

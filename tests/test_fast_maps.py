@@ -70,7 +70,7 @@ def test_heatmap_in_place_equals_out_of_place():
 @pytest.mark.parametrize("order", ["RGB", "BGR"])
 def test_preprocessing_equals_plain_numpy(layout, order):
     """remap-based Pillow-nearest resize and the cv2.LUT scaling give bit-identical tensors."""
-    from cam_runtime.manifest import InputSpec, Preprocess
+    from cam_runtime.model import InputSpec, Preprocess
     from cam_runtime.preprocess import Preprocessor, pil_nearest_indices
 
     rng = np.random.default_rng(5)

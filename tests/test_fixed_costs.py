@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cam_runtime.errors import InvalidArgumentError
-from cam_runtime.manifest import InputSpec, Preprocess
+from cam_runtime.model import InputSpec, Preprocess
 from cam_runtime.preprocess import Preprocessor
 from cam_runtime.session import nchw_to_nhwc
 from cam_runtime.targets import top_k_ids

@@ -103,7 +103,7 @@ def test_int8_fixture_pointing_game(tmp_path_factory: pytest.TempPathFactory,
                                     shapes_samples: list[Sample]) -> None:
     """INT8 (static QDQ) copy of the fixture, calibrated on 64 held-out images: CAM still points at the object."""
     pytest.importorskip("onnxruntime.quantization")
-    from cam_runtime.quantize import quantize_folder
+    from cam_runtime.derive import quantize_folder
 
     out = tmp_path_factory.mktemp("int8") / "shapes-int8"
     quantize_folder(FIXTURE, out, calibration=TEST_SET / "images", max_images=64, activation="u8", timing_runs=2)

@@ -23,7 +23,7 @@ from PIL import Image
 from cam_runtime.engine import CamEngine
 from cam_runtime.errors import CamError
 from cam_runtime.imaging import header_size, load_image, sniff_format
-from cam_runtime.manifest import Manifest, parse_manifest
+from cam_runtime.model import Manifest, parse_manifest
 from cam_runtime.results import ExplainResult, ImageFailure
 from tiny_models import make_tiny_folder
 

@@ -18,7 +18,7 @@ from cam_runtime import CamEngine  # noqa: E402
 from cam_runtime.errors import ChecksumMismatchError, GraphMismatchError, HeadKindError  # noqa: E402
 from cam_runtime.imaging import load_image  # noqa: E402
 from cam_runtime.methods import METHODS  # noqa: E402
-from cam_runtime.model_folder import sha256_file  # noqa: E402
+from cam_runtime.model import sha256_file  # noqa: E402
 from export.architectures import ARCHITECTURES  # noqa: E402
 from export.errors import UnsupportedHeadError  # noqa: E402
 from export.exporter import _build_application, export_model  # noqa: E402

@@ -11,7 +11,6 @@ import pytest
 
 from cam_runtime.errors import HeadKindError, ManifestError
 from cam_runtime.heads import LinearHead
-from cam_runtime.manifest import read_manifest
 from cam_runtime.methods import (
     CAM,
     AblationCAM,
@@ -23,7 +22,7 @@ from cam_runtime.methods import (
     ReciproCAM,
     XGradCAM,
 )
-from cam_runtime.model_folder import ModelFolder
+from cam_runtime.model import ModelFolder, read_manifest
 from tiny_models import make_tiny_folder
 
 GRADIENT_METHODS = (GradCAM, HiResCAM, XGradCAM, LayerCAM, GradCAMPlusPlus)

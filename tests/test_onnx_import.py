@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from cam_runtime import CamEngine  # noqa: E402
 from cam_runtime.errors import OutputExistsError  # noqa: E402
-from cam_runtime.manifest import read_manifest  # noqa: E402
+from cam_runtime.model import read_manifest  # noqa: E402
 from export.errors import (  # noqa: E402
     LabelsError,
     OnnxHeadError,

@@ -28,8 +28,8 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa:
 
 from cam_runtime import CamEngine  # noqa: E402
 from cam_runtime.cli.bench_cmd import example_images  # noqa: E402
-from cam_runtime.manifest import read_manifest  # noqa: E402
 from cam_runtime.methods import HeadInputs  # noqa: E402
+from cam_runtime.model import read_manifest  # noqa: E402
 from export.onnx_import import import_onnx  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]

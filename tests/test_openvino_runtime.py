@@ -87,7 +87,7 @@ def test_bf16_folder_is_verified_and_runs_on_openvino(tiny_nchw: Path, tmp_path:
                                                       photo_arrays: dict[str, np.ndarray]) -> None:
     if not ovr.bf16_available():
         pytest.skip(f"OpenVINO reports no native BF16 on this CPU ({ovr.cpu_capabilities()})")
-    from cam_runtime.bf16 import bf16_folder
+    from cam_runtime.derive.bf16 import bf16_folder
 
     calibration = _photo_folder(tmp_path / "calib", photo_arrays, ["coffee", "chelsea"])
     held = _photo_folder(tmp_path / "held", photo_arrays, ["astronaut"])

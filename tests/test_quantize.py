@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -11,14 +12,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from cam_runtime.derive import acceptance_problems, fp16_folder, quantize_folder
+from cam_runtime.derive.common import candidate_engine, finish_variant
+from cam_runtime.derive.fidelity import EvaluationSets, fidelity_report
 from cam_runtime.engine import CamEngine
-from cam_runtime.errors import InvalidArgumentError, OutputExistsError
-from cam_runtime.fidelity import FidelityError, acceptance_problems
-from cam_runtime.folder_writer import write_model_folder
-from cam_runtime.fp16 import fp16_folder
-from cam_runtime.manifest import InputSpec, OutputSpec, Preprocess
-from cam_runtime.quantize import quantize_folder
-from cam_runtime.variants import EvaluationSets, candidate_engine, evaluate, finish_variant
+from cam_runtime.errors import FidelityError, InvalidArgumentError, OutputExistsError
+from cam_runtime.model import InputSpec, OutputSpec, Preprocess, write_model_folder
 from tiny_models import make_tiny_folder
 
 SIZE = 64
@@ -149,10 +148,10 @@ def test_fidelity_report_catches_corrupted_scale(int8_colours, colours, image_se
     _, _, int8_root = int8_colours
     source = CamEngine.load(colours, device="cpu")
     sets = EvaluationSets.load(source, image_sets[0], image_sets[1])
-    healthy = evaluate(source, candidate_engine(source, int8_root / "model.onnx"), sets)
+    healthy = fidelity_report(source, candidate_engine(source, int8_root / "model.onnx", tmp_path), sets)
     assert acceptance_problems(healthy) == []
     broken_path = corrupt_weight_scales(int8_root / "model.onnx", tmp_path / "broken.onnx")
-    broken = evaluate(source, candidate_engine(source, broken_path), sets)
+    broken = fidelity_report(source, candidate_engine(source, broken_path, tmp_path), sets)
     problems = acceptance_problems(broken)
     assert problems, broken
     assert broken["held-out"].map_correlation_mean < healthy["held-out"].map_correlation_mean - 0.1
@@ -180,7 +179,7 @@ def test_trained_fixture_int8_faithful_and_corruption_caught(tmp_path):
     assert result.fidelity["held-out"].map_correlation_mean > 0.9
     broken = corrupt_weight_scales(tmp_path / "int8" / "model.onnx", tmp_path / "broken.onnx")
     sets = EvaluationSets.load(source, calibration, held_out)
-    report = evaluate(source, candidate_engine(source, broken), sets)
+    report = fidelity_report(source, candidate_engine(source, broken, tmp_path), sets)
     assert acceptance_problems(report), report
 
 
@@ -232,3 +231,33 @@ def test_cli_quantize(colours, image_sets, tmp_path):
     assert (out / "manifest.json").is_file()
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_derived_folders_keep_every_manifest_section(colours, image_sets, tmp_path):
+    """A section the runtime does not know (and an unknown key inside a known one) survives INT8 and FP16."""
+    import shutil
+
+    source = tmp_path / "source"
+    shutil.copytree(colours, source)
+    (source / "notes.txt").write_text("kept byte for byte\n", encoding="utf-8")
+    data = json.loads((source / "manifest.json").read_text(encoding="utf-8"))
+    data["x_deployment"] = {"owner": "team-a", "targets": ["edge", "gpu"]}
+    data["input"]["comment"] = "an unknown key inside a known section"
+    data["sha256"]["notes.txt"] = hashlib.sha256(b"kept byte for byte\n").hexdigest()
+    (source / "manifest.json").write_text(json.dumps(data), encoding="utf-8")
+    derived = {
+        "int8": quantize_folder(source, tmp_path / "int8", calibration=image_sets[0], held_out=image_sets[1],
+                                activation="u8", timing_runs=1),
+        "fp16": fp16_folder(source, tmp_path / "fp16", calibration=image_sets[0], held_out=image_sets[1],
+                            device="cpu", timing_runs=1),
+    }
+    for variant, result in derived.items():
+        written = json.loads((tmp_path / variant / "manifest.json").read_text(encoding="utf-8"))
+        assert written["x_deployment"] == data["x_deployment"]
+        assert written["input"]["comment"] == data["input"]["comment"]
+        assert written["name"] == f"{data['name']}-{variant}" and written["variant"] == variant
+        assert (tmp_path / variant / "notes.txt").read_text(encoding="utf-8") == "kept byte for byte\n"
+        assert written["sha256"]["model.onnx"] != data["sha256"]["model.onnx"]  # the new graph's digest
+        assert written["sha256"]["dense_weights.npy"] == data["sha256"]["dense_weights.npy"]
+        assert result.manifest is not None and result.manifest.provenance["x_deployment"]["owner"] == "team-a"
+        CamEngine.load(tmp_path / variant, device="cpu")  # every checksum of the copy verifies

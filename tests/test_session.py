@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 
 from cam_runtime.engine import CamEngine
 from cam_runtime.errors import GraphMismatchError, ModelRunError, RunTimeoutError
-from cam_runtime.manifest import Manifest
+from cam_runtime.model import Manifest
 from cam_runtime.results import ExplainResult, ImageFailure
 from cam_runtime.session import ModelSession, create_session, default_threads, session_options
 

@@ -8,8 +8,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from cam_runtime.folder_writer import write_model_folder
-from cam_runtime.manifest import InputSpec, OutputSpec, Preprocess
+from cam_runtime.model import InputSpec, OutputSpec, Preprocess, write_model_folder
 
 SIZE = 32
 CHANNELS = 8

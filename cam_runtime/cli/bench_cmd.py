@@ -20,6 +20,7 @@ from .common import (
     ModelOpt,
     QuietOpt,
     ThreadsOpt,
+    TrustGraphOpt,
     handle_errors,
     load_engine,
     out_console,
@@ -101,6 +102,7 @@ def bench(
     model: ModelOpt = DEFAULT_MODEL,
     device: DeviceOpt = Device.auto,
     threads: ThreadsOpt = None,
+    trust_model_graph: TrustGraphOpt = False,
     method: Annotated[str, typer.Option("--method", help="CAM method to time.")] = "cam",
     runs: Annotated[int, typer.Option("--runs", "-n", min=1, help="Batch-1 repetitions (after 2 warm-up).")] = 20,
     batch_size: BatchSizeOpt = 8,
@@ -123,7 +125,7 @@ def bench(
 
         raise InvalidArgumentError(f"--format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}")
     paths = list(images) if images else example_images()
-    engine = load_engine(model, device, threads)
+    engine = load_engine(model, device, threads, trust_graph=trust_model_graph)
     for path in paths:
         engine.load_image(path)  # a bad benchmark image is a usage error, not a timing
     data = run_bench(engine, paths, runs=runs, batch_size=batch_size, throughput_images=throughput_images,

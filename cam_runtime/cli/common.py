@@ -91,6 +91,9 @@ ClassesOpt = Annotated[list[str] | None, typer.Option("--class", "-c", show_defa
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors and warnings (one line "
                                                           "each on stderr).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (nothing else there).")]
+TrustGraphOpt = Annotated[bool, typer.Option("--trust-model-graph", help="Load a model whose graph uses operators "
+                                             "outside the CNN allowlist (loops, branches…): only for models you "
+                                             "trust (docs/security.md).")]
 ResizeOpt = Annotated[str | None, typer.Option("--resize", help="Override the manifest's resize mode: nearest, "
                                                                 "bilinear, area or bicubic.")]
 
@@ -182,11 +185,12 @@ def handle_errors(func: F) -> F:
 
 
 def load_engine(model: Path, device: Device | str, threads: int | None, *, max_pixels: int | None = None,
-                resize: str | None = None, warmup: bool = True, run_timeout: float | None = None) -> CamEngine:
+                resize: str | None = None, warmup: bool = True, run_timeout: float | None = None,
+                trust_graph: bool = False) -> CamEngine:
     """Load a model folder into a CamEngine (imports the runtime lazily so ``--help`` stays fast)."""
     from cam_runtime.engine import CamEngine
     from cam_runtime.imaging import DEFAULT_MAX_PIXELS
-    from cam_runtime.manifest import RESIZE_MODES
+    from cam_runtime.model.manifest import RESIZE_MODES
 
     if resize is not None and resize not in RESIZE_MODES:
         from cam_runtime.errors import InvalidArgumentError
@@ -196,7 +200,7 @@ def load_engine(model: Path, device: Device | str, threads: int | None, *, max_p
 
     return CamEngine.load(model, device=Device(device).value, threads=threads,
                           max_pixels=max_pixels or DEFAULT_MAX_PIXELS, resize=resize, warmup=warmup,
-                          run_timeout=run_timeout or DEFAULT_RUN_TIMEOUT_S)
+                          run_timeout=run_timeout or DEFAULT_RUN_TIMEOUT_S, trust_graph=trust_graph)
 
 
 def stdout_is_terminal() -> bool:

@@ -21,6 +21,7 @@ from .common import (
     ModelOpt,
     QuietOpt,
     ThreadsOpt,
+    TrustGraphOpt,
     handle_errors,
     load_engine,
     out_console,
@@ -31,14 +32,14 @@ from .common import (
 def run_evaluation(model: Path, images: Path, boxes: Path, methods: list[str], *, device: Device | str = "auto",
                    threads: int | None = None, batch_size: int = 16, steps: int = 32, baseline: str = "blur",
                    box_threshold: float = BOX_THRESHOLD, faithfulness: bool = True, adcc: bool = True,
-                   road: bool = False, seed: int = 0) -> Any:
+                   road: bool = False, seed: int = 0, trust_graph: bool = False) -> Any:
     """Check the methods and read the boxes (before the model loads), then run the evaluation job."""
     from cam_runtime.ground_truth_boxes import read_boxes
     from cam_runtime.jobs.evaluate_folder import evaluate_folder, method_names
 
     names = method_names(methods)
     annotations = read_boxes(boxes)
-    engine = load_engine(model, device, threads)
+    engine = load_engine(model, device, threads, trust_graph=trust_graph)
     return evaluate_folder(engine, images, annotations, names, batch_size=batch_size, steps=steps,
                            baseline=baseline, box_threshold=box_threshold, faithfulness=faithfulness, adcc=adcc,
                            road=road, seed=seed)
@@ -72,6 +73,7 @@ def evaluate(
                                                                        "'all' (default: cam).")] = None,
     device: DeviceOpt = Device.auto,
     threads: ThreadsOpt = None,
+    trust_model_graph: TrustGraphOpt = False,
     batch_size: BatchSizeOpt = 16,
     steps: Annotated[int, typer.Option("--steps", min=1, max=1024,
                                        help="Deletion/insertion increments (model passes per curve - 1).")] = 32,
@@ -104,7 +106,8 @@ def evaluate(
         raise OutputExistsError(output / REPORT_FILE)
     report = run_evaluation(model, images, boxes, method or ["cam"], device=device, threads=threads,
                             batch_size=batch_size, steps=steps, baseline=baseline, box_threshold=box_threshold,
-                            faithfulness=not no_faithfulness, adcc=not no_adcc, road=road, seed=seed)
+                            faithfulness=not no_faithfulness, adcc=not no_adcc, road=road, seed=seed,
+                            trust_graph=trust_model_graph)
     json_path, plot_path = write_evaluation(report, output)
     if as_json:
         typer.echo(json.dumps({"model": report.model, "settings": report.settings, "failures": report.failures,

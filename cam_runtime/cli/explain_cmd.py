@@ -26,6 +26,7 @@ from .common import (
     ModelOpt,
     ResizeOpt,
     ThreadsOpt,
+    TrustGraphOpt,
     handle_errors,
     load_engine,
     warn_line,
@@ -75,6 +76,7 @@ def explain(
     run_timeout: Annotated[float, typer.Option("--run-timeout", min=0.001, help="Seconds one batch may spend in "
                                                "the model before it is stopped and its images fail.")] = 600.0,
     resize: ResizeOpt = None,
+    trust_model_graph: TrustGraphOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary table.")] = False,
     every: EveryOpt = 1,
     start: StartOpt = None,
@@ -114,7 +116,7 @@ def explain(
             all_boxes=all_boxes, box_threshold=box_threshold, force=force, quiet=quiet)
         video_options.validate()
         engine = load_engine(model, device, threads, max_pixels=max_pixels, resize=resize,
-                         run_timeout=run_timeout)
+                         run_timeout=run_timeout, trust_graph=trust_model_graph)
         raise typer.Exit(video_cmd.run_video(engine, inputs[0], output, video_options, model_path=model))
 
     from .explain_run import ExplainOptions, run_explain
@@ -138,7 +140,7 @@ def explain(
                                          threads=threads, max_pixels=max_pixels, resize=resize, recursive=recursive))
     items = collect_inputs(inputs, recursive=recursive, exclude=output, max_pixels=max_pixels)
     engine = load_engine(model, device, threads, max_pixels=max_pixels, resize=resize,
-                         run_timeout=run_timeout)
+                         run_timeout=run_timeout, trust_graph=trust_model_graph)
     if "scorecam" in methods and not json_lines:
         warn_line(SCORECAM_SLOW)
     if len(methods) > 1:

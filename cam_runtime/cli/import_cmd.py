@@ -83,7 +83,7 @@ def import_model(
     folder = import_with_hint(model, output, features=features, preset=preset, mean=_triple(mean, "--mean"),
                               std=_triple(std, "--std"), color_order=color_order, layout=layout, size=_size(size),
                               resize=resize, labels=labels, name=name, force=force)
-    from cam_runtime.manifest import read_manifest
+    from cam_runtime.model import read_manifest
 
     manifest = read_manifest(folder)
     meta = manifest.provenance

@@ -13,60 +13,28 @@ from cam_runtime.errors import InvalidArgumentError
 from .common import DEFAULT_MODEL, EXIT_OK, EXIT_USAGE, JsonOpt, QuietOpt, handle_errors, out_console
 
 
-def file_status(root: Path, name: str, expected: str) -> dict[str, Any]:
-    """Status of one manifest file: ok, MISMATCH, missing or unsafe, with its size."""
-    from cam_runtime.errors import UnsafePathError
-    from cam_runtime.model_folder import resolve_inside, sha256_file
-
-    try:
-        path = resolve_inside(root, name)
-    except UnsafePathError:
-        return {"file": name, "status": "unsafe path", "bytes": None}
-    if not path.is_file():
-        return {"file": name, "status": "missing", "bytes": None}
-    return {"file": name, "status": "ok" if sha256_file(path) == expected else "MISMATCH",
-            "bytes": path.stat().st_size}
-
-
 def model_info(model: Path) -> dict[str, Any]:
     """Everything ``info`` shows, as a JSON-ready dict."""
-    from cam_runtime.errors import OnnxRuntimeMissingError, UnsafePathError
-    from cam_runtime.manifest import MANIFEST_FILENAME, read_manifest
-    from cam_runtime.model_folder import resolve_inside
+    from cam_runtime.errors import ModelFolderNotFoundError, OnnxRuntimeMissingError
+    from cam_runtime.model import check_files, read_manifest
 
     if not model.is_dir():
-        from cam_runtime.errors import ModelFolderNotFoundError
-
         raise ModelFolderNotFoundError(model)
     manifest = read_manifest(model)
-    files = {role: file_status(model, name, manifest.sha256[name]) for role, name in manifest.files.present().items()}
-    for name, digest in manifest.sha256.items():
-        if name not in manifest.files.present().values() and name != MANIFEST_FILENAME:
-            try:
-                resolve_inside(model, name)
-            except UnsafePathError:
-                files[f"extra:{name}"] = {"file": name, "status": "unsafe path", "bytes": None}
-                continue
-            files[f"extra:{name}"] = file_status(model, name, digest)
+    files = {role: check.to_dict() for role, check in check_files(model, manifest).items()}
     try:
         from cam_runtime.providers import available_providers
 
         providers: list[str] | None = available_providers()
     except OnnxRuntimeMissingError:
         providers = None
-    prov = manifest.provenance
+    data = manifest.to_dict()
     return {
         "folder": str(model), "name": manifest.name, "format": f"{manifest.format} v{manifest.format_version}",
         "num_classes": manifest.num_classes,
-        "input": {"name": manifest.input.name, "layout": manifest.input.layout,
-                  "height": manifest.input.height, "width": manifest.input.width},
-        "preprocess": {"color_order": manifest.preprocess.color_order, "mean": list(manifest.preprocess.mean),
-                       "std": list(manifest.preprocess.std), "resize": manifest.preprocess.resize},
-        "outputs": {"probabilities": manifest.outputs.probabilities, "features": manifest.outputs.features,
-                    "features_layout": manifest.outputs.features_layout},
-        "provenance": {k: prov[k] for k in ("source", "arch", "weights", "created", "feature_shape", "parity",
-                                            "opset", "variant", "derived_from", "quantization", "conversion",
-                                            "fidelity") if k in prov},
+        **{key: data[key] for key in ("input", "preprocess", "outputs")},
+        **({"head": data["head"]} if "head" in data else {}),
+        "provenance": dict(manifest.provenance),
         "files": files,
         "checksums_ok": all(f["status"] == "ok" for f in files.values()),
         "providers": providers,

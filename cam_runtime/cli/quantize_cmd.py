@@ -15,6 +15,7 @@ from .common import (
     ModelOpt,
     QuietOpt,
     ThreadsOpt,
+    TrustGraphOpt,
     err_console,
     handle_errors,
     out_console,
@@ -72,6 +73,7 @@ def quantize(
     min_correlation: Annotated[float, typer.Option("--min-correlation", min=-1.0, max=1.0,
                                                    help="Minimum mean Pearson correlation of the maps.")] = 0.9,
     threads: ThreadsOpt = None,
+    trust_model_graph: TrustGraphOpt = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
     as_json: JsonOpt = False,
     output_option: Annotated[Path | None, typer.Option("--output", "-o", show_default=False,
@@ -80,7 +82,6 @@ def quantize(
 ) -> None:
     """Write an INT8 or FP16 copy of a model folder and report how closely it follows float32."""
     from cam_runtime.errors import InvalidArgumentError
-    from cam_runtime.fidelity import fidelity_table
 
     if output_argument is not None and output_option is not None and output_argument != output_option:
         raise InvalidArgumentError(f"two output folders given ({output_argument} and -o {output_option}); give one")
@@ -100,14 +101,15 @@ def quantize(
     common: dict[str, Any] = dict(calibration=calibration, held_out=held_out, max_images=max_images,
                                   threads=threads, force=force, accept_low_fidelity=accept_low_fidelity,
                                   min_top1=min_top1, min_correlation=min_correlation, on_report=show,
+                                  trust_graph=trust_model_graph,
                                   log=lambda message: None if quiet else log.print(f"[dim]{message}[/dim]"))
     if precision is Precision.int8:
-        from cam_runtime.quantize import quantize_folder
+        from cam_runtime.derive import quantize_folder
 
         result = quantize_folder(model, output, activation=activation.value, calibrate_method=method.value,
                                  **common)
     else:
-        from cam_runtime.fp16 import fp16_folder
+        from cam_runtime.derive import fp16_folder
 
         result = fp16_folder(model, output, device="auto", **common)
     if as_json:
@@ -126,7 +128,7 @@ FEW_CALIBRATION_IMAGES = 16
 
 
 def _warn_about_sets(calibration: Path, held_out: Path | None, max_images: int, precision: Precision) -> None:
-    from cam_runtime.fidelity import image_files
+    from cam_runtime.derive.fidelity import image_files
 
     count = len(image_files(calibration, max_images, "--calibration"))
     if precision is Precision.int8 and count < FEW_CALIBRATION_IMAGES:
@@ -135,3 +137,21 @@ def _warn_about_sets(calibration: Path, held_out: Path | None, max_images: int, 
     if held_out is None:
         warn_line("no --held-out folder: fidelity is measured on the calibration images only, which flatters "
                   "the quantized model; pass --held-out OTHER_IMAGES for an unbiased check")
+
+
+def fidelity_table(report: dict[str, Any], title: str) -> Any:
+    """A rich table of a fidelity report (one column per image set)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    for name in report:
+        table.add_column(name, justify="right")
+    rows = [("images", "{:d}", "images"), ("top-1 agreement", "{:.1%}", "top1_agreement"),
+            ("map correlation (mean)", "{:.4f}", "map_correlation_mean"),
+            ("map correlation (min)", "{:.4f}", "map_correlation_min"),
+            ("box IoU (mean)", "{:.3f}", "box_iou_mean"), ("box IoU (min)", "{:.3f}", "box_iou_min"),
+            ("max |Δp|", "{:.2e}", "max_abs_probability_diff")]
+    for label, fmt, key in rows:
+        table.add_row(label, *(fmt.format(getattr(r, key)) for r in report.values()))
+    return table

@@ -30,7 +30,7 @@ def command_options(app: Any) -> dict[str, list[tuple[str, ...]]]:
 def options_markdown(app: Any) -> str:
     """A Markdown table: one row per shared option, one column per command (✓ where the command takes it)."""
     options = command_options(app)
-    shared = [*SHORT_FLAGS, "--json", "--force"]
+    shared = [*SHORT_FLAGS, "--json", "--force", "--trust-model-graph"]
     header = "| option | " + " | ".join(f"`{name}`" for name in options) + " |"
     rule = "|---|" + "---|" * len(options)
     rows = []

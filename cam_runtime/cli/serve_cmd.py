@@ -7,7 +7,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .common import DEFAULT_MODEL, Device, DeviceOpt, ThreadsOpt, handle_errors, load_engine, needs_extra
+from .common import (
+    DEFAULT_MODEL,
+    Device,
+    DeviceOpt,
+    ThreadsOpt,
+    TrustGraphOpt,
+    handle_errors,
+    load_engine,
+    needs_extra,
+)
 
 if TYPE_CHECKING:
     from cam_runtime.engine import CamEngine
@@ -24,6 +33,7 @@ def serve(
     port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="TCP port (0: any free port).")] = 8080,
     device: DeviceOpt = Device.auto,
     threads: ThreadsOpt = None,
+    trust_model_graph: TrustGraphOpt = False,
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Most images in one session run.")] = 16,
     max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0.0, help="Wait this long for requests "
                                                "still being decoded before running a partial batch.")] = 5.0,
@@ -56,7 +66,7 @@ def serve(
     config = ServeConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
                          max_body_bytes=max_body_bytes, timeout_s=timeout, token=_read_token(token_file),
                          cors_origins=tuple(cors_origin or ()))
-    engines = _load_engines(model, device, threads, max_pixels)
+    engines = _load_engines(model, device, threads, max_pixels, trust_model_graph)
     app = create_app(engines, config)
     level = "warning" if quiet else log_level.lower()
     uv_config = uvicorn.Config(app, host=host, port=port, log_level=level, access_log=False,
@@ -80,12 +90,12 @@ def _read_token(path: Path | None) -> str | None:
 
 
 def _load_engines(folders: list[Path], device: Device, threads: int | None,
-                  max_pixels: int) -> dict[str, CamEngine]:
+                  max_pixels: int, trust_graph: bool = False) -> dict[str, CamEngine]:
     from cam_runtime.errors import InvalidArgumentError
 
     engines: dict[str, CamEngine] = {}
     for folder in folders:
-        engine = load_engine(folder, device, threads, max_pixels=max_pixels)
+        engine = load_engine(folder, device, threads, max_pixels=max_pixels, trust_graph=trust_graph)
         name = engine.manifest.name
         if name in engines or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
             name = folder.resolve().name

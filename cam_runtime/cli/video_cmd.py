@@ -38,6 +38,7 @@ from .common import (
     ModelOpt,
     ResizeOpt,
     ThreadsOpt,
+    TrustGraphOpt,
     err_console,
     error_line,
     handle_errors,
@@ -334,6 +335,7 @@ def video(
     threads: ThreadsOpt = None,
     max_pixels: MaxPixelsOpt = 100_000_000,
     resize: ResizeOpt = None,
+    trust_model_graph: TrustGraphOpt = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary table.")] = False,
     as_json: JsonOpt = False,
@@ -353,7 +355,8 @@ def video(
                            codec=codec, force=force, preview=preview, timeout=timeout, max_frames=max_frames,
                            quiet=quiet, json_summary=as_json)
     options.validate()
-    engine = load_engine(model, device, threads, max_pixels=max_pixels, resize=resize)
+    engine = load_engine(model, device, threads, max_pixels=max_pixels, resize=resize,
+                         trust_graph=trust_model_graph)
     raise typer.Exit(run_video(engine, camera if camera is not None else str(source), output, options,
                                model_path=model))
 
@@ -384,6 +387,7 @@ def stream(
     threads: ThreadsOpt = None,
     max_pixels: MaxPixelsOpt = 100_000_000,
     resize: ResizeOpt = None,
+    trust_model_graph: TrustGraphOpt = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --jsonl file.")] = False,
 ) -> None:
     """Explain raw RGB24 frames read from stdin (e.g. ffmpeg -f rawvideo -pix_fmt rgb24 -): one JSON line each.
@@ -403,7 +407,8 @@ def stream(
     target = Path(jsonl) if jsonl != "-" else None
     if target is not None and target.exists() and not force:
         raise OutputExistsError(target)
-    engine = load_engine(model, device, threads, max_pixels=max_pixels, resize=resize)
+    engine = load_engine(model, device, threads, max_pixels=max_pixels, resize=resize,
+                         trust_graph=trust_model_graph)
     source = RawStreamSource(sys.stdin.buffer, width, height, fps=fps, timeout_s=timeout, max_pixels=max_pixels)
     frames = engine.iter_explain_video(source, smooth=smooth, batch_size=batch_size, method=method, top_k=top_k,
                                        classes=options.classes, box_threshold=box_threshold, prefetch=False)

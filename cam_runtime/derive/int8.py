@@ -10,18 +10,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .engine import CamEngine
-from .errors import InvalidArgumentError
-from .fidelity import MIN_MEAN_CORRELATION, MIN_TOP1_AGREEMENT, SetFidelity
-from .variants import (
-    EvaluationSets,
-    VariantResult,
-    candidate_engine,
-    check_output,
-    evaluate,
-    finish_variant,
-    median_latency_ms,
-)
+from ..engine import CamEngine
+from ..errors import InvalidArgumentError
+from .common import VariantResult, candidate_engine, check_output, finish_variant, median_latency_ms
+from .fidelity import MIN_MEAN_CORRELATION, MIN_TOP1_AGREEMENT, EvaluationSets, SetFidelity, fidelity_report
 
 ACTIVATIONS: dict[str, str] = {"u8": "QUInt8", "s8": "QInt8"}
 """Activation types compared: U8S8 (uint8 activations, the classic VNNI path) and S8S8; weights are always int8."""
@@ -84,13 +76,15 @@ def quantize_folder(source: str | Path | CamEngine, output: str | Path, *, calib
                     accept_low_fidelity: bool = False, min_top1: float = MIN_TOP1_AGREEMENT,
                     min_correlation: float = MIN_MEAN_CORRELATION, timing_runs: int = 20,
                     on_report: Callable[[dict[str, SetFidelity]], None] | None = None,
-                    log: Callable[[str], None] | None = None) -> VariantResult:
+                    log: Callable[[str], None] | None = None, trust_graph: bool = False) -> VariantResult:
     """Write an INT8 copy of a model folder, calibrated on the images in ``calibration``.
 
     ``activation`` "auto" quantizes both U8S8 and S8S8 and keeps the faster on this CPU (median batch-1
-    latency); "u8" or "s8" forces one. The fidelity against the float32 folder (calibration and held-out
-    images) is passed to ``on_report``, stored in the manifest, and below the thresholds raises
-    :class:`~cam_runtime.fidelity.FidelityError` unless ``accept_low_fidelity``.
+    latency); "u8" or "s8" forces one. Only the model graph is quantized: a graph head's ``head.onnx`` and
+    ``gradient.onnx`` (a small share of the compute, and gradients need the range) are copied in float32.
+    The fidelity against the float32 folder (calibration and held-out images) is passed to ``on_report``,
+    stored in the manifest, and below the thresholds raises :class:`~cam_runtime.errors.FidelityError`
+    unless ``accept_low_fidelity``.
     """
     if activation not in ("auto", *ACTIVATIONS):
         raise InvalidArgumentError(f"activation must be auto, {' or '.join(ACTIVATIONS)}, got {activation!r}")
@@ -99,7 +93,8 @@ def quantize_folder(source: str | Path | CamEngine, output: str | Path, *, calib
                                    f"got {calibrate_method!r}")
     check_output(output, force)
     say = log or (lambda _message: None)
-    engine = source if isinstance(source, CamEngine) else CamEngine.load(source, device="cpu", threads=threads)
+    engine = source if isinstance(source, CamEngine) else CamEngine.load(source, device="cpu", threads=threads,
+                                                                                trust_graph=trust_graph)
     sets = EvaluationSets.load(engine, calibration, held_out, max_images)
     say(f"calibrating on {len(sets.calibration)} images")
     input_name = engine.manifest.input.name
@@ -114,15 +109,16 @@ def quantize_folder(source: str | Path | CamEngine, output: str | Path, *, calib
             say(f"quantizing {act.upper()}S8 (QDQ, per-channel, {calibrate_method})")
             path = quantize_model(prepared, work / f"{act}.onnx", sets.calibration, input_name, activation=act,
                                   calibrate_method=calibrate_method, cache=work / "calibration.cache")
-            candidate = candidate_engine(engine, path, threads)
+            candidate = candidate_engine(engine, path, work, threads=threads, trust_graph=trust_graph)
             latency[f"{act}s8"] = median_latency_ms(candidate, sample, timing_runs)
             built[act] = (path, candidate)
         chosen = min(built, key=lambda act: latency[f"{act}s8"])
         path, candidate = built[chosen]
         say(f"chose {chosen.upper()}S8: batch-1 latency " +
             ", ".join(f"{k} {v:.2f} ms" for k, v in latency.items()))
-        fidelity = evaluate(engine, candidate, sets)
-        details = {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "per_channel": True,
+        fidelity = fidelity_report(engine, candidate, sets)
+        details = {"tool": "onnxruntime.quantization.quantize_static", "graphs": ["model"],
+                   "format": "QDQ", "per_channel": True,
                    "weights": "int8", "activations": "uint8" if chosen == "u8" else "int8",
                    "chosen": f"{chosen.upper()}S8", "candidates": [f"{a.upper()}S8" for a in candidates],
                    "calibration_method": calibrate_method, "calibration_images": len(sets.calibration),

@@ -1,34 +1,28 @@
-"""How faithfully a derived model (INT8, FP16) reproduces its float32 source: predictions, maps and boxes."""
+"""How faithfully a derived model (INT8, FP16) reproduces its float32 source: predictions, maps and boxes.
+
+(Not to be confused with the faithfulness metrics of explanations in :mod:`cam_runtime.evaluation`.)
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from .boxes import boxes_from_map
-from .engine import CamEngine
-from .errors import CamError, ImageFolderError, InvalidArgumentError
-from .imaging import IMAGE_EXTENSIONS
-from .maps import heatmap_at
-from .methods import weighted_sum
+from ..boxes import boxes_from_map
+from ..engine import CamEngine
+from ..errors import ImageFolderError, InvalidArgumentError
+from ..imaging import IMAGE_EXTENSIONS
+from ..maps import heatmap_at
+from ..methods import weighted_sum
 
 MIN_TOP1_AGREEMENT = 0.9
 """Default acceptance: the derived model's top-1 class equals the float32 one on ≥ 90% of the images."""
 MIN_MEAN_CORRELATION = 0.9
 """Default acceptance: mean Pearson correlation of the CAM maps (same class, feature resolution) ≥ 0.9."""
-
-
-class FidelityError(CamError, ValueError):
-    """A derived model disagrees with its float32 source more than the acceptance thresholds allow."""
-
-    def __init__(self, variant: str, problems: Sequence[str]) -> None:
-        super().__init__(f"{variant} model rejected: {'; '.join(problems)} (see the fidelity report above; "
-                         "try more or more representative calibration images, or accept with --accept-low-fidelity)")
 
 
 @dataclass(frozen=True)
@@ -87,17 +81,18 @@ def _run_batched(engine: CamEngine, batch: npt.NDArray[np.float32],
     return np.concatenate([p for p, _ in parts]), np.concatenate([f for _, f in parts])
 
 
-def compare_on(reference: CamEngine, candidate: CamEngine, batch: npt.NDArray[np.float32],
+def compare(reference: CamEngine, candidate: CamEngine, batch: npt.NDArray[np.float32],
                sizes: Sequence[tuple[int, int]], batch_size: int = 8) -> SetFidelity:
-    """Top-1 agreement, map correlation and box IoU of ``candidate`` against ``reference`` on one batch."""
+    """Top-1 agreement, map correlation and box IoU of ``candidate`` against ``reference`` on one batch.
+
+    Both maps are of the reference's top-1 class, each computed through its own model's head.
+    """
     probs_ref, feats_ref = _run_batched(reference, batch, batch_size)
     probs_new, feats_new = _run_batched(candidate, batch, batch_size)
     top_ref = probs_ref.argmax(axis=1)
     top_new = probs_new.argmax(axis=1)
-    classes = top_ref[:, None].astype(np.intp)
-    weights = reference.folder.linear_weights("the fidelity report's CAM comparison")
-    maps_ref = weighted_sum(feats_ref, weights.T[classes])[:, 0]
-    maps_new = weighted_sum(feats_new, weights.T[classes])[:, 0]
+    maps_ref = class_maps(reference, feats_ref, top_ref)
+    maps_new = class_maps(candidate, feats_new, top_ref)
     correlations, ious = [], []
     for i, (height, width) in enumerate(sizes):
         correlations.append(_pearson(maps_ref[i], maps_new[i]))
@@ -114,6 +109,19 @@ def compare_on(reference: CamEngine, candidate: CamEngine, batch: npt.NDArray[np
         max_abs_probability_diff=float(np.abs(probs_ref - probs_new).max()))
 
 
+def class_maps(engine: CamEngine, features: npt.NDArray[np.float32],
+               classes: npt.NDArray[np.intp]) -> npt.NDArray[np.float32]:
+    """Grad-CAM maps [N, h, w] of one class per image through ``engine``'s own head (linear or graph).
+
+    For a linear head the channel weights are W[:, k] / (h·w): the CAM up to a positive factor, which neither
+    the correlation nor the boxes see; a graph head's are its mean gradients, so the derived head graphs count.
+    """
+    directions = np.zeros((len(classes), 1, engine.num_classes), np.float32)
+    directions[np.arange(len(classes)), 0, classes] = 1.0
+    gradients = engine.head.logit_gradients(features, directions)[:, 0]
+    return weighted_sum(features, gradients.mean(axis=(1, 2))[:, None, :])[:, 0]
+
+
 def acceptance_problems(report: dict[str, SetFidelity], min_top1: float = MIN_TOP1_AGREEMENT,
                         min_correlation: float = MIN_MEAN_CORRELATION) -> list[str]:
     """Human-readable reasons a fidelity report fails the thresholds (empty when it passes)."""
@@ -126,19 +134,31 @@ def acceptance_problems(report: dict[str, SetFidelity], min_top1: float = MIN_TO
     return problems
 
 
-def fidelity_table(report: dict[str, SetFidelity], title: str) -> Any:
-    """A rich table of a fidelity report (one column per image set)."""
-    from rich.table import Table
+@dataclass
+class EvaluationSets:
+    """Preprocessed calibration and held-out images of one source engine."""
 
-    table = Table(title=title)
-    table.add_column("metric")
-    for name in report:
-        table.add_column(name, justify="right")
-    rows = [("images", "{:d}", "images"), ("top-1 agreement", "{:.1%}", "top1_agreement"),
-            ("map correlation (mean)", "{:.4f}", "map_correlation_mean"),
-            ("map correlation (min)", "{:.4f}", "map_correlation_min"),
-            ("box IoU (mean)", "{:.3f}", "box_iou_mean"), ("box IoU (min)", "{:.3f}", "box_iou_min"),
-            ("max |Δp|", "{:.2e}", "max_abs_probability_diff")]
-    for label, fmt, key in rows:
-        table.add_row(label, *(fmt.format(getattr(r, key)) for r in report.values()))
-    return table
+    calibration_files: list[Path]
+    calibration: npt.NDArray[np.float32]
+    calibration_sizes: list[tuple[int, int]]
+    held_out: npt.NDArray[np.float32] | None = None
+    held_out_sizes: list[tuple[int, int]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, engine: CamEngine, calibration: str | Path, held_out: str | Path | None,
+             limit: int | None = None) -> EvaluationSets:
+        """Read both folders (each at most ``limit`` images) through ``engine``'s preprocessing."""
+        files = image_files(calibration, limit, "--calibration")
+        batch, sizes = load_tensors(engine, files)
+        sets = cls(files, batch, sizes)
+        if held_out is not None:
+            sets.held_out, sets.held_out_sizes = load_tensors(engine, image_files(held_out, limit, "--held-out"))
+        return sets
+
+
+def fidelity_report(source: CamEngine, candidate: CamEngine, sets: EvaluationSets) -> dict[str, SetFidelity]:
+    """:func:`compare` ``candidate`` with ``source`` on the calibration and (if any) held-out images."""
+    report = {"calibration": compare(source, candidate, sets.calibration, sets.calibration_sizes)}
+    if sets.held_out is not None:
+        report["held-out"] = compare(source, candidate, sets.held_out, sets.held_out_sizes)
+    return report

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
-import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from .errors import InvalidArgumentError, OutputExistsError
+from ..errors import ChecksumMismatchError, InvalidArgumentError, ModelFileNotFoundError, OutputExistsError
+from ..safe_io import current_umask, resolve_inside
+from .files import sha256_file
 from .manifest import (
     MANIFEST_FILENAME,
     HeadSpec,
@@ -22,9 +25,13 @@ from .manifest import (
     ModelFiles,
     OutputSpec,
     Preprocess,
+    check_relative_path,
+    json_text,
     parse_manifest,
 )
-from .model_folder import sha256_file
+
+if TYPE_CHECKING:
+    from .reader import ModelFolder
 
 MODEL_FILE = "model.onnx"
 WEIGHTS_FILE = "dense_weights.npy"
@@ -63,49 +70,100 @@ def write_model_folder(dest: str | Path, *, model: bytes | Path, weights: npt.Ar
         labels = [str(label).strip() for label in labels]
         if len(labels) != k or any(not label or "\n" in label for label in labels):
             raise InvalidArgumentError(f"labels must be {k} non-empty single-line strings, got {len(labels)}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
-        tmp.chmod(0o755 & ~_current_umask())  # mkdtemp makes 0700; a model folder is ordinary shared data
-        if isinstance(model, bytes):
-            (tmp / MODEL_FILE).write_bytes(model)
-        else:
-            shutil.copyfile(model, tmp / MODEL_FILE)
+    with _staging(dest) as tmp:
+        _put(tmp / MODEL_FILE, model)
         if w is not None:
             np.save(tmp / WEIGHTS_FILE, w, allow_pickle=False)
         for file_name, graph in zip((HEAD_FILE, GRADIENT_FILE), graph_head or (), strict=False):
-            if isinstance(graph, bytes):
-                (tmp / file_name).write_bytes(graph)
-            else:
-                shutil.copyfile(graph, tmp / file_name)
+            _put(tmp / file_name, graph)
         if b is not None:
             np.save(tmp / BIAS_FILE, b, allow_pickle=False)
         if labels is not None:
             (tmp / LABELS_FILE).write_text("\n".join(labels) + "\n", encoding="utf-8")
         for extra_name, data in (extra_files or {}).items():
-            (tmp / extra_name).write_bytes(data)
+            _put(tmp / check_relative_path(extra_name), data)
         files = ModelFiles(model=MODEL_FILE, weights=WEIGHTS_FILE if w is not None else None,
                            bias=BIAS_FILE if b is not None else None,
                            labels=LABELS_FILE if labels is not None else None,
                            head=HEAD_FILE if graph_head else None, gradient=GRADIENT_FILE if graph_head else None)
         digests = {fname: sha256_file(tmp / fname) for fname in [*files.present().values(), *(extra_files or {})]}
-        meta = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **(provenance or {})}
+        meta = {"created": _now(), **(provenance or {})}
         manifest = Manifest(name=name, files=files, input=input_spec, preprocess=preprocess, outputs=outputs,
                             num_classes=k, sha256=digests, provenance=meta,
                             head=(head_spec or HeadSpec()) if graph_head else None)
         parse_manifest(manifest.to_dict())  # what we write must be what we read
         (tmp / MANIFEST_FILENAME).write_text(manifest.to_json(), encoding="utf-8")
+    return manifest
+
+
+def write_derived_folder(source: ModelFolder, dest: str | Path, *, replace: dict[str, bytes | Path],
+                         changes: dict[str, Any], force: bool = False) -> Manifest:
+    """Write a copy of ``source`` at ``dest`` with some graphs replaced (``role → new file``).
+
+    The whole manifest is copied (unknown sections included) and only ``changes`` (top-level keys, e.g.
+    ``name``, ``variant``) and the checksums differ. Every other file is copied byte for byte and checked
+    against the source manifest's sha256, so a file swapped since ``source`` was loaded is caught.
+    """
+    dest = Path(dest)
+    if dest.exists() and not force:
+        raise OutputExistsError(dest)
+    manifest = source.manifest
+    named = manifest.files.present()
+    unknown = set(replace) - set(named)
+    if unknown:
+        raise InvalidArgumentError(f"cannot replace {sorted(unknown)}: the source folder has no such file")
+    data = copy.deepcopy(manifest.raw) if manifest.raw else manifest.to_dict()
+    with _staging(dest) as tmp:
+        digests: dict[str, str] = {}
+        for file_name in dict.fromkeys([*named.values(), *manifest.sha256]):
+            if file_name == MANIFEST_FILENAME:
+                continue
+            role = next((r for r, n in named.items() if n == file_name), None)
+            target = tmp / check_relative_path(file_name)
+            if role in replace:
+                _put(target, replace[role])
+                digests[file_name] = sha256_file(target)
+                continue
+            origin = resolve_inside(source.root, file_name)
+            if not origin.is_file():
+                raise ModelFileNotFoundError(origin)
+            _put(target, origin)
+            digests[file_name] = sha256_file(target)
+            expected = manifest.sha256.get(file_name)
+            if expected is not None and digests[file_name] != expected:
+                raise ChecksumMismatchError(source.root / file_name, expected, digests[file_name])
+        data["sha256"] = digests
+        data.update(changes)
+        data["created"] = _now()
+        parse_manifest(data)
+        (tmp / MANIFEST_FILENAME).write_text(json_text(data), encoding="utf-8")
+    return parse_manifest(data, dest / MANIFEST_FILENAME)
+
+
+def _put(target: Path, content: bytes | Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        target.write_bytes(content)
+    else:
+        shutil.copyfile(content, target)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@contextmanager
+def _staging(dest: Path) -> Iterator[Path]:
+    """A temporary sibling of ``dest`` to fill; on success it replaces ``dest`` in one rename, else vanishes."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        tmp.chmod(0o755 & ~current_umask())  # mkdtemp makes 0700; a model folder is ordinary shared data
+        yield tmp
         _replace_dir(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return manifest
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _replace_dir(tmp: Path, dest: Path) -> None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .engine import CamEngine
-from .fidelity import SetFidelity
-from .openvino_runtime import OpenVINOSession, bf16_available, cpu_capabilities, cpu_flags
-from .variants import EvaluationSets, VariantResult, check_output, evaluate, finish_variant, median_latency_ms
+from ..engine import CamEngine
+from ..openvino_runtime import OpenVINOSession, bf16_available, cpu_capabilities, cpu_flags
+from .common import VariantResult, check_output, finish_variant, median_latency_ms
+from .fidelity import EvaluationSets, SetFidelity, fidelity_report
 
 BF16_MIN_TOP1 = 0.99
 """bf16 keeps float32's exponent range: top-1 must agree on at least 99% of the images (issue 19)."""
@@ -49,7 +49,7 @@ def bf16_folder(source: str | Path | CamEngine, output: str | Path, *, calibrati
     latency = {"fp32_onnxruntime": median_latency_ms(engine, sample, timing_runs),
                "fp32_openvino": median_latency_ms(fp32_ov, sample, timing_runs),
                "bf16_openvino": median_latency_ms(candidate, sample, timing_runs)}
-    fidelity = evaluate(engine, candidate, sets)
+    fidelity = fidelity_report(engine, candidate, sets)
     details = {"precision": "bf16", "runtime": "openvino", "inference_precision_hint": "bf16",
                "checked_on": "OpenVINORuntime", "cpu_capabilities": cpu_capabilities(), "cpu_flags": cpu_flags(),
                "batch1_latency_ms": {k: round(v, 3) for k, v in latency.items()}}

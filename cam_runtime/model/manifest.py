@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import stat
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import ManifestError, UnsafePathError, UnsupportedFormatError
+from ..errors import ManifestError, UnsafePathError, UnsupportedFormatError
+from ..safe_io import RefusedFileError, failure_reason, read_bounded
 
 FORMAT_NAME = "cam-model"
 SUPPORTED_FORMAT_VERSIONS = (1,)
@@ -21,6 +22,8 @@ MAX_INPUT_SIDE = 16384
 """Largest input height/width accepted (keeps a hostile manifest from asking for a huge warm-up tensor)."""
 MAX_CLASSES = 1_000_000
 """Largest num_classes accepted."""
+MAX_NAME_CHARS = 200
+"""Longest model name accepted (it is shown in terminals and reports)."""
 
 Layout = Literal["NHWC", "NCHW"]
 ColorOrder = Literal["RGB", "BGR"]
@@ -111,6 +114,8 @@ class Manifest:
     provenance: dict[str, Any] = field(default_factory=dict)
     head: HeadSpec | None = None
     """None: the linear GAP → Dense head of ``files.weights`` (every folder written before heads existed)."""
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    """The decoded JSON as read, unknown keys included (derived folders copy it whole); empty when built here."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-serialisable form, with the documented key order."""
@@ -133,7 +138,12 @@ class Manifest:
 
     def to_json(self) -> str:
         """The manifest as indented JSON text."""
-        return json.dumps(self.to_dict(), indent=2) + "\n"
+        return json_text(self.to_dict())
+
+
+def json_text(data: dict[str, Any]) -> str:
+    """A manifest dict as the indented JSON text written to ``manifest.json``."""
+    return json.dumps(data, indent=2) + "\n"
 
 
 # Bounds that keep (pixel - mean) / std finite in float32.
@@ -156,6 +166,10 @@ def parse_manifest(data: object, source: str | Path = MANIFEST_FILENAME) -> Mani
     """Validate a decoded manifest and return it; raises :class:`ManifestError` on any problem."""
     if not isinstance(data, dict):
         raise ManifestError(source, "top level must be a JSON object")
+    bad = _unencodable_key(data)
+    if bad is not None:
+        # JSON's \ud800 escapes decode to lone surrogates, which no terminal, file or report can encode.
+        raise ManifestError(source, f"{bad!r} holds a lone surrogate (such as \\ud800): not valid Unicode text")
     fmt, version = data.get("format"), data.get("format_version")
     if fmt != FORMAT_NAME:
         raise UnsupportedFormatError(fmt, [FORMAT_NAME])
@@ -209,25 +223,27 @@ def parse_manifest(data: object, source: str | Path = MANIFEST_FILENAME) -> Mani
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower()):
             raise ManifestError(source, f"'sha256' digest for {file_name!r} is not 64 hex digits")
     name = data.get("name")
-    if not isinstance(name, str) or not name:
+    if not isinstance(name, str) or not name.strip():
         raise ManifestError(source, "'name' must be a non-empty string")
+    if len(name) > MAX_NAME_CHARS or any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
+        raise ManifestError(source, f"'name' must be one line of at most {MAX_NAME_CHARS} printable characters")
     provenance = {k: v for k, v in data.items() if k not in _CORE_KEYS}
     return Manifest(name=name, files=files, input=input_spec, preprocess=preprocess, outputs=outputs,
                     num_classes=num_classes, sha256={k: v.lower() for k, v in sha.items()},
-                    format=fmt, format_version=int(version), provenance=provenance, head=head)
+                    format=fmt, format_version=int(version), provenance=provenance, head=head, raw=data)
 
 
 def read_manifest(folder: str | Path) -> Manifest:
     """Read and validate ``folder/manifest.json``."""
     path = Path(folder) / MANIFEST_FILENAME
     try:
-        text = _read_small_text(path, MAX_MANIFEST_BYTES)
+        text = read_bounded(path, MAX_MANIFEST_BYTES).decode("utf-8")
     except FileNotFoundError:
         raise ManifestError(path, "file not found (is this a model folder?)") from None
     except UnicodeDecodeError:
         raise ManifestError(path, "not UTF-8 text") from None
-    except (OSError, ValueError) as exc:
-        raise ManifestError(path, f"cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    except (OSError, RefusedFileError) as exc:
+        raise ManifestError(path, f"cannot read: {failure_reason(exc)}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -237,21 +253,29 @@ def read_manifest(folder: str | Path) -> Manifest:
     return parse_manifest(data, path)
 
 
-def _read_small_text(path: Path, limit: int) -> str:
-    """Read a regular UTF-8 file of at most ``limit`` bytes (FIFOs and devices refused, never blocks on open)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError("not a regular file")
-        if info.st_size > limit:
-            raise ValueError(f"{info.st_size} bytes, more than the {limit} allowed")
-        data = os.read(fd, limit + 1)
-    finally:
-        os.close(fd)
-    if len(data) > limit:
-        raise ValueError(f"more than the {limit} bytes allowed")
-    return data.decode("utf-8")
+def _unencodable_key(data: dict[str, Any]) -> str | None:
+    """The dotted key of the first string (key or value) that cannot be encoded as UTF-8, else None."""
+    stack: list[tuple[str, object]] = [("", data)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return where or "(top level)"
+        elif isinstance(value, dict):
+            children = []
+            for key, item in value.items():
+                label = f"{where}.{key}" if where else str(key)
+                try:
+                    str(key).encode("utf-8")
+                except UnicodeEncodeError:
+                    return label.encode("utf-8", "backslashreplace").decode("utf-8")
+                children.append((label, item))
+            stack.extend(reversed(children))  # depth first, in the file's order
+        elif isinstance(value, list):
+            stack.extend(reversed([(f"{where}[{i}]", item) for i, item in enumerate(value)]))
+    return None
 
 
 def _head_spec(reader: _Reader, value: object) -> HeadSpec | None:

@@ -6,19 +6,10 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .engine import CamEngine
-from .errors import InvalidArgumentError
-from .fidelity import MIN_MEAN_CORRELATION, MIN_TOP1_AGREEMENT, SetFidelity
-from .providers import resolve_providers
-from .variants import (
-    EvaluationSets,
-    VariantResult,
-    candidate_engine,
-    check_output,
-    evaluate,
-    finish_variant,
-    median_latency_ms,
-)
+from ..engine import CamEngine
+from ..errors import InvalidArgumentError
+from .common import VariantResult, candidate_engine, check_output, finish_variant, median_latency_ms
+from .fidelity import MIN_MEAN_CORRELATION, MIN_TOP1_AGREEMENT, EvaluationSets, SetFidelity, fidelity_report
 
 
 def convert_model(model: Path, output: Path) -> Path:
@@ -39,29 +30,32 @@ def fp16_folder(source: str | Path | CamEngine, output: str | Path, *, calibrati
                 threads: int | None = None, force: bool = False, accept_low_fidelity: bool = False,
                 min_top1: float = MIN_TOP1_AGREEMENT, min_correlation: float = MIN_MEAN_CORRELATION,
                 timing_runs: int = 10, on_report: Callable[[dict[str, SetFidelity]], None] | None = None,
-                log: Callable[[str], None] | None = None) -> VariantResult:
+                log: Callable[[str], None] | None = None, trust_graph: bool = False) -> VariantResult:
     """Write an FP16 copy of a model folder, checked against float32 on the images in ``calibration``.
 
     The fidelity check runs the FP16 graph on ``device`` (CUDA when available with "auto"); on a CPU it
-    works but may be slower than float32 — FP16 is meant for GPUs.
+    works but may be slower than float32 — FP16 is meant for GPUs. A graph head's ``head.onnx`` and
+    ``gradient.onnx`` are converted too (float32 inputs and outputs kept), and the fidelity maps go through them.
     """
     check_output(output, force)
     say = log or (lambda _message: None)
-    engine = source if isinstance(source, CamEngine) else CamEngine.load(source, device="cpu", threads=threads)
+    engine = source if isinstance(source, CamEngine) else CamEngine.load(source, device="cpu", threads=threads,
+                                                                                trust_graph=trust_graph)
     sets = EvaluationSets.load(engine, calibration, held_out, max_images)
-    providers = resolve_providers(device)
     with tempfile.TemporaryDirectory(prefix="camr-fp16-") as tmp:
-        path = convert_model(engine.folder.model_path, Path(tmp) / "fp16.onnx")
-        say("converted to float16 (inputs and outputs kept float32)")
-        candidate = candidate_engine(engine, path, threads, providers)
+        roles = ("model", "head", "gradient") if not engine.folder.is_linear else ("model",)
+        graphs = {role: convert_model(engine.folder.path_of(role), Path(tmp) / f"fp16-{role}.onnx") for role in roles}
+        say(f"converted {', '.join(roles)} to float16 (inputs and outputs kept float32)")
+        candidate = candidate_engine(engine, graphs, Path(tmp), threads=threads, device=device,
+                                     trust_graph=trust_graph)
         sample = sets.calibration[:1]
         latency = {"fp32_cpu": median_latency_ms(engine, sample, timing_runs),
                    f"fp16_{candidate.providers[0].removesuffix('ExecutionProvider').lower()}":
                        median_latency_ms(candidate, sample, timing_runs)}
-        fidelity = evaluate(engine, candidate, sets)
+        fidelity = fidelity_report(engine, candidate, sets)
         details = {"tool": "onnxruntime.transformers.float16.convert_float_to_float16", "keep_io_types": True,
-                   "checked_on": candidate.providers[0],
+                   "graphs": list(roles), "checked_on": candidate.providers[0],
                    "batch1_latency_ms": {k: round(v, 3) for k, v in latency.items()}}
-        return finish_variant(engine, path, output, variant="fp16", fidelity=fidelity, details=details,
+        return finish_variant(engine, graphs, output, variant="fp16", fidelity=fidelity, details=details,
                               force=force, accept_low_fidelity=accept_low_fidelity, min_top1=min_top1,
                               min_correlation=min_correlation, on_report=on_report)
