@@ -1,4 +1,5 @@
-"""A corpus of hostile inputs for ``camr explain``, and a runner that checks every run ends well.
+"""A corpus of hostile inputs (images, names, resume records, model folders) for ``camr explain`` and ``camr info``,
+and a runner that checks every run ends well.
 
 As a library (tests/test_hostile_corpus.py): :func:`build` writes the corpus under a folder and returns the
 :class:`Case` runs; :func:`run_case` runs one CLI process, bounded in time, and measures its peak RSS.
@@ -11,7 +12,9 @@ As a script, for the numbers of a closing note::
 
 A run is good when it exits 0, 1 (some images failed: they are rows of the report) or 2 (one ``error:`` line before
 any work), never 3 (an unexpected exception) or a signal, finishes within its time limit, and, if it explained
-anything, left a report.json that strict JSON parsers accept.
+anything, left a report.json that strict JSON parsers accept. A case may also name the exit status and the reason
+(text in the output or report) it must end with: the model-folder cases do, so a folder refused for the wrong reason
+(a checksum instead of the attack) fails.
 """
 
 from __future__ import annotations
