@@ -1,4 +1,5 @@
-"""A corpus of hostile inputs for ``camr explain``, and a runner that checks every run ends well.
+"""A corpus of hostile inputs (images, names, resume records, model folders) for ``camr explain`` and ``camr info``,
+and a runner that checks every run ends well.
 
 As a library (tests/test_hostile_corpus.py): :func:`build` writes the corpus under a folder and returns the
 :class:`Case` runs; :func:`run_case` runs one CLI process, bounded in time, and measures its peak RSS.
@@ -7,10 +8,13 @@ As a script, for the numbers of a closing note::
 
     python tests/hostile_corpus.py /tmp/corpus            # write the corpus, run every case, print a table
     python tests/hostile_corpus.py /tmp/corpus --write-only
+    python tests/hostile_corpus.py /tmp/corpus --no-default-limit   # skip the 16 x 100 MP run (the CI subset)
 
 A run is good when it exits 0, 1 (some images failed: they are rows of the report) or 2 (one ``error:`` line before
 any work), never 3 (an unexpected exception) or a signal, finishes within its time limit, and, if it explained
-anything, left a report.json that strict JSON parsers accept.
+anything, left a report.json that strict JSON parsers accept. A case may also name the exit status and the reason
+(text in the output or report) it must end with: the model-folder cases do, so a folder refused for the wrong reason
+(a checksum instead of the attack) fails.
 """
 
 from __future__ import annotations
@@ -49,6 +53,15 @@ class Case:
     stdin: bytes | None = None
     setup: list[tuple[Path, bytes]] = field(default_factory=list)
     """Files (re)written just before the run (resume cases doctor an earlier run's records)."""
+    expect_exit: int | None = None
+    """The exit status this run must end with (None: any good one)."""
+    expect_text: str | None = None
+    """Text the run's output must contain (the reason it was refused or its rows failed)."""
+    timeout: float | None = None
+    """This run's time bound instead of the runner's (tighter for a run that ``--run-timeout`` must stop, looser
+    for the 16 images at the default pixel limit)."""
+    json_out: bool = False
+    """``info --json``: the output is one strict JSON document (exit 2 when a file is unsafe) or one error line."""
 
 
 @dataclass
@@ -210,11 +223,11 @@ def _links(root: Path) -> int:
     return len(links) + 5
 
 
-def _at_the_limit(root: Path, copies: int = 16) -> int:
-    """RLE BMPs of ~1 KB each declaring exactly MAX_PIXELS: cheap on disk, costly decoded."""
-    side = int(MAX_PIXELS ** 0.5)
+def _at_the_limit(root: Path, copies: int = 16, pixels: int = MAX_PIXELS) -> int:
+    """RLE BMPs of ~1 KB each declaring exactly ``pixels``: cheap on disk, costly decoded."""
+    side = int(pixels ** 0.5)
     for i in range(copies):
-        _write(root / f"rle_{i:02d}.bmp", rle_bmp(side, MAX_PIXELS // side))
+        _write(root / f"rle_{i:02d}.bmp", rle_bmp(side, pixels // side))
     return copies
 
 
@@ -264,8 +277,198 @@ def _resume_records(root: Path, output: Path, model: Path) -> tuple[int, list[tu
     return len(evil) + 3, setup
 
 
-def build(root: Path, model: Path) -> list[Case]:
-    """Write the corpus under ``root`` (which must not exist) and return the runs that cover it."""
+# --- hostile model folders ----------------------------------------------------------------------------------------
+# Each folder is a copy of the tiny model with one file swapped for an attack and the manifest's sha256 rewritten,
+# so the checksums match and the check under test is the one after them.
+
+RUN_TIMEOUT_S = 2.0
+"""``--run-timeout`` of the never-ending graph's run: the run must end within a few times this."""
+
+
+def _sha256_file(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _hostile_folder(pristine: Path, dest: Path, files: dict[str, bytes] | None = None,
+                    manifest: dict[str, object] | None = None) -> Path:
+    """A copy of ``pristine`` with ``files`` (re)written and ``manifest`` keys replaced; digests rewritten."""
+    import shutil
+
+    shutil.copytree(pristine, dest)
+    for name, data in (files or {}).items():
+        (dest / name).write_bytes(data)
+    _rehash(dest, manifest or {}, list(files or {}))
+    return dest
+
+
+def _rehash(folder: Path, manifest: dict[str, object], names: list[str]) -> None:
+    """Rewrite manifest.json with ``manifest``'s keys and fresh digests of ``names`` (ASCII escapes kept)."""
+    data = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    data.update(manifest)
+    for name in names:
+        data["sha256"][name] = _sha256_file(folder / name)
+    (folder / "manifest.json").write_text(json.dumps(data), encoding="utf-8")
+
+
+def _npy(array: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _npy_header(shape: str, data: bytes) -> bytes:
+    """A hand-written .npy v1.0 file whose header declares ``shape`` whatever the data holds."""
+    header = f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}".encode("latin1")
+    header += b" " * (63 - (10 + len(header)) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + data
+
+
+def _graph(edit: str) -> bytes:
+    """The tiny NHWC classifier's ONNX with one hostile edit (see :func:`_model_folders` for each)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tiny_models import CHANNELS, SIZE, tiny_onnx
+
+    model = onnx.load_from_string(tiny_onnx("NHWC", seed=0)[0])
+    graph = model.graph
+
+    def const(name: str, values: list[int]) -> None:
+        graph.initializer.append(numpy_helper.from_array(np.array(values, np.int64), name))
+
+    def rename_output(old: str, new: str) -> None:
+        node = next(n for n in graph.node if old in n.output)
+        node.output[:] = [new if o == old else o for o in node.output]
+
+    if edit in ("ConstantOfShape", "Expand"):  # 16 GiB asked for by a few bytes, reduced into a dead output
+        const("bomb_shape", [1, 1 << 16, 1 << 16])
+        if edit == "ConstantOfShape":
+            graph.node.append(helper.make_node("ConstantOfShape", ["bomb_shape"], ["bomb"]))
+        else:
+            graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), "one"))
+            graph.node.append(helper.make_node("Expand", ["one", "bomb_shape"], ["bomb"]))
+        graph.node.append(helper.make_node("ReduceMax", ["bomb"], ["bomb_max"], keepdims=0))
+        graph.output.append(helper.make_tensor_value_info("bomb_max", TensorProto.FLOAT, []))
+    elif edit == "zero_features":  # the feature map sliced to zero rows
+        rename_output("features", "features_full")
+        const("z_start", [0])
+        const("z_end", [0])
+        const("z_axis", [1])
+        graph.node.append(helper.make_node("Slice", ["features_full", "z_start", "z_end", "z_axis"], ["features"]))
+    elif edit == "batch1_only":  # features reshaped to a fixed batch of 1: any larger batch fails in the graph
+        rename_output("features", "features_any")
+        const("batch1_shape", [1, SIZE // 4, SIZE // 4, CHANNELS])
+        graph.node.append(helper.make_node("Reshape", ["features_any", "batch1_shape"], ["features"]))
+    elif edit == "endless_loop":
+        # Probabilities pass through a Loop with no trip count whose condition starts as "the input is not all
+        # zeros" and never changes: the zero warm-up batch runs 0 iterations (so the folder loads), a real
+        # image loops for ever.
+        rename_output("probabilities", "probs_raw")
+        graph.initializer.append(numpy_helper.from_array(np.array(0.0, np.float32), "zero"))
+        body = helper.make_graph(
+            [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+             helper.make_node("Identity", ["v_in"], ["v_out"])],
+            "forever",
+            [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+             helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+             helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None)],
+            [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+             helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None)])
+        graph.node.extend([
+            helper.make_node("ReduceL1", ["image"], ["magnitude"], keepdims=0),
+            helper.make_node("Greater", ["magnitude", "zero"], ["nonzero"]),
+            helper.make_node("Loop", ["", "nonzero", "probs_raw"], ["probabilities"], body=body),
+        ])
+    elif edit == "external_outside":  # dense_w's bytes in ../secret.bin
+        weight = next(t for t in graph.initializer if t.name == "dense_w")
+        length = len(weight.raw_data or numpy_helper.to_array(weight).tobytes())
+        weight.ClearField("float_data")
+        weight.ClearField("raw_data")
+        weight.data_location = TensorProto.EXTERNAL
+        for key, value in {"location": "../secret.bin", "offset": "0", "length": str(length)}.items():
+            entry = weight.external_data.add()
+            entry.key, entry.value = key, value
+    else:
+        raise ValueError(edit)
+    return bytes(model.SerializeToString())
+
+
+def _model_folders(root: Path, pristine: Path, photos: Path) -> list[Case]:
+    """Hostile model folders whose checksums match, each run through ``camr explain`` (and ``info``)."""
+    root.mkdir(parents=True)
+    cases: list[Case] = []
+
+    def add(name: str, folder: Path, expect_exit: int, expect_text: str | None, *,
+            info: tuple[int, str] | None = None, extra: tuple[str, ...] = (), timeout: float | None = None,
+            files: int = 1) -> None:
+        """An explain run over ``folder`` (``files`` corpus cases: 0 for another run of a folder already counted)
+        and, with ``info``, an ``info --json`` run expected to end with that exit status and text."""
+        out = root / f"out_{name}"
+        cases.append(Case(f"model_{name}", ["explain", str(photos), "-m", str(folder), "-o", str(out),
+                                             "--batch-size", "4", "-q", *extra], out, files, expect_exit=expect_exit,
+                          expect_text=expect_text, timeout=timeout))
+        if info:
+            cases.append(Case(f"model_{name}_info", ["info", str(folder), "--json"], root / f"out_{name}_info", 0,
+                              expect_exit=info[0], expect_text=info[1], json_out=True))
+
+    # A 192 MiB labels file (sparse: no disk) whose digest matches: refused by its size, never read into memory.
+    labels = _hostile_folder(pristine, root / "labels_192mib")
+    with open(labels / "labels.txt", "wb") as handle:
+        handle.truncate(192 << 20)
+    _rehash(labels, {}, ["labels.txt"])
+    # info reports digests, not contents: the file matches its digest (hashed in blocks), so exit 0.
+    add("labels_192mib", labels, 2, "more than the 5130 allowed", info=(0, '"bytes": 201326592'))
+
+    loop = _hostile_folder(pristine, root / "labels_symlink_loop")
+    (loop / "labels.txt").unlink()
+    (loop / "labels.txt").symlink_to("labels.txt")
+    add("labels_symlink_loop", loop, 2, "symbolic link loop", info=(2, '"status": "unsafe path"'))
+
+    add("name_lone_surrogate", _hostile_folder(pristine, root / "surrogate", manifest={"name": "\ud800x"}),
+        2, "lone surrogate", info=(2, "lone surrogate"))
+    add("npy_negative_shape", _hostile_folder(pristine, root / "npy_negative", {
+        "dense_weights.npy": _npy_header("(-1, -5)", b"\0" * 20)}), 2, "non-negative sizes")
+    add("npy_huge_shape", _hostile_folder(pristine, root / "npy_huge", {
+        "dense_weights.npy": _npy_header("(1099511627776, 5)", b"\0" * 20)}), 2, "truncated or padded")
+    add("weights_subnormal", _hostile_folder(pristine, root / "subnormal", {
+        "dense_weights.npy": _npy(np.full((8, 5), 1e-40, np.float32))}), 2, "subnormal")
+    nan = np.ones((8, 5), np.float32)
+    nan[3, 2] = np.nan
+    add("weights_nan", _hostile_folder(pristine, root / "nan", {"dense_weights.npy": _npy(nan)}), 2, "NaN")
+    for bomb in ("ConstantOfShape", "Expand"):
+        folder = _hostile_folder(pristine, root / bomb.lower(), {"model.onnx": _graph(bomb)})
+        add(f"{bomb.lower()}_16gib", folder, 2, "17,179,869,184 bytes")
+        add(f"{bomb.lower()}_16gib_trusted", folder, 2, "17,179,869,184 bytes", extra=("--trust-model-graph",),
+            files=0)
+    add("zero_size_features", _hostile_folder(pristine, root / "zero_features", {"model.onnx": _graph(
+        "zero_features")}), 2, "zero-size dimension")
+    endless = _hostile_folder(pristine, root / "endless_loop", {"model.onnx": _graph("endless_loop")})
+    add("endless_loop", endless, 2, "--trust-model-graph")
+    add("endless_loop_trusted", endless, 1, "RunTimeoutError",
+        extra=("--trust-model-graph", "--run-timeout", str(RUN_TIMEOUT_S)), timeout=RUN_TIMEOUT_S * 4 + 30, files=0)
+    add("batch1_only", _hostile_folder(pristine, root / "batch1_only", {"model.onnx": _graph("batch1_only")}),
+        0, None)
+    outside = _hostile_folder(pristine, root / "external_outside", {"model.onnx": _graph("external_outside")})
+    weights = np.load(pristine / "dense_weights.npy")
+    (root / "secret.bin").write_bytes(weights.astype(np.float32).tobytes())
+    add("external_outside", outside, 2, "points outside the model folder")
+    return cases
+
+
+def build(root: Path, model: Path, *, default_limit: bool = False) -> list[Case]:
+    """Write the corpus under ``root`` (which must not exist) and return the runs that cover it.
+
+    ``default_limit`` adds 16 RLE BMPs at the default 100 MP limit in one batch of 16 (about 80 s and 2 GB on a
+    2-core box: the script's run, too slow for CI). Before the in-flight pixel budget that run peaked at 8.7 GB.
+    """
     root.mkdir(parents=True)
     common = ["-m", str(model), "--max-pixels", str(MAX_PIXELS), "-q"]
     cases: list[Case] = []
@@ -284,6 +487,8 @@ def build(root: Path, model: Path) -> list[Case]:
         _write(images / name, data)
     cases.append(Case("images", ["explain", str(images), "-o", str(root / "out_images"), *common],
                       root / "out_images", len(files)))
+    cases.append(Case("images_default_limit", ["explain", str(images), "-o", str(root / "out_images_default"),
+                                               "-m", str(model), "-q"], root / "out_images_default", 0))
     cases.append(Case("images_json_lines", ["explain", str(images), "-o", str(root / "out_images_json"), "--json",
                                             "--batch-size", "3", *common], root / "out_images_json", 1))
 
@@ -297,6 +502,15 @@ def build(root: Path, model: Path) -> list[Case]:
     count = _at_the_limit(limit)
     cases.append(Case("rle_at_the_limit", ["explain", str(limit), "-o", str(root / "out_limit"), "--batch-size", "8",
                                            *common], root / "out_limit", count))
+
+    if default_limit:
+        from cam_runtime.imaging import DEFAULT_MAX_PIXELS
+
+        limit = root / "at_the_default_limit"
+        count = _at_the_limit(limit, pixels=DEFAULT_MAX_PIXELS)
+        cases.append(Case("rle_at_default_limit", ["explain", str(limit), "-o", str(root / "out_default_limit"),
+                                                   "--batch-size", "16", "-m", str(model), "-q"],
+                          root / "out_default_limit", count, timeout=600))
 
     resume = root / "resume"
     out = root / "out_resume"
@@ -315,6 +529,11 @@ def build(root: Path, model: Path) -> list[Case]:
                       root / "out_stdin", 1, stdin=os.urandom(10_000)))
     cases.append(Case("stdin_over_cap", ["explain", "-", "-o", str(root / "out_stdin_cap"), *common],
                       root / "out_stdin_cap", 1, stdin=b"\x00" * (MAX_PIXELS * 16 + (16 << 20) + 1)))
+
+    photos = root / "model_photos"
+    for seed in range(4):  # one batch of 4: a batch-1-only graph must fail it and be retried image by image
+        _write(photos / f"photo_{seed}.png", _encode(".png", _photo(seed=10 + seed)))
+    cases += _model_folders(root / "models", model, photos)
     return cases
 
 
@@ -322,7 +541,9 @@ def build(root: Path, model: Path) -> list[Case]:
 
 
 def run_case(case: Case, timeout: float = TIMEOUT_S) -> Outcome:
-    """Run one case in its own process; time-bounded (killed after ``timeout``), peak RSS from wait4."""
+    """Run one case in its own process; time-bounded (killed after ``timeout``), peak RSS from its VmHWM."""
+    timeout = case.timeout or timeout
+    case.output.parent.mkdir(parents=True, exist_ok=True)
     for path, data in case.setup:
         _write(path, data)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -361,12 +582,26 @@ def run_case(case: Case, timeout: float = TIMEOUT_S) -> Outcome:
             failed = sum(r["status"] != "ok" for r in data["images"])
         except (ValueError, KeyError, TypeError) as exc:
             problems.append(f"report.json unreadable: {exc}")
-    elif rc in (0, 1):
+    elif rc in (0, 1) and case.args[0] == "explain":
         problems.append("explained images but wrote no report.json")
-    if rc == 2 and not any(line.startswith(b"error: ") for line in output.splitlines()):
+    error_line = any(line.startswith(b"error: ") for line in output.splitlines())
+    if case.json_out and not error_line:
+        try:
+            json.loads(output, parse_constant=_reject)
+        except ValueError as exc:
+            problems.append(f"--json output is not strict JSON: {exc}")
+    elif rc == 2 and not error_line:
         problems.append("exit 2 without an 'error:' line")
     if b"Traceback" in output:
         problems.append("a traceback was printed")
+    if case.expect_exit is not None and rc != case.expect_exit:
+        problems.append(f"exit {rc}, expected {case.expect_exit}: {output[-300:].decode(errors='replace')}")
+    if case.expect_exit == 2 and error_line and len([line for line in output.splitlines() if line.strip()]) != 1:
+        problems.append(f"not one line: {output[-300:].decode(errors='replace')}")
+    seen = output.decode(errors="replace") + (report.read_text(encoding="utf-8", errors="replace")
+                                              if report.is_file() else "")
+    if case.expect_text is not None and case.expect_text not in seen:
+        problems.append(f"{case.expect_text!r} not in the output or report: {output[-300:].decode(errors='replace')}")
     return Outcome(case.name, rc, wall, peak[0] / 1024, report_images, failed, problems)
 
 
@@ -412,21 +647,24 @@ def main(argv: list[str]) -> int:
         return 2
     root = Path(argv[0])
     model = make_tiny_folder(root.parent / f"{root.name}-model", "NHWC", seed=0)
-    cases = build(root, model)
+    cases = build(root, model, default_limit="--no-default-limit" not in argv)
     print(f"corpus: {sum(c.files for c in cases)} hostile files and folders in {len(cases)} runs under {root}")
     if "--write-only" in argv:
         return 0
     outcomes = [run_case(case) for case in cases]
-    print(f"{'run':<20} {'exit':>4} {'wall s':>7} {'peak RSS MB':>11} {'rows':>5} {'failed':>6}  problems")
+    print(f"{'run':<36} {'exit':>4} {'wall s':>7} {'peak RSS MB':>11} {'rows':>5} {'failed':>6}  problems")
     for o in outcomes:
-        print(f"{o.case:<20} {o.returncode:>4} {o.wall_s:>7.2f} {o.peak_rss_mb:>11.0f} "
+        print(f"{o.case:<36} {o.returncode:>4} {o.wall_s:>7.2f} {o.peak_rss_mb:>11.0f} "
               f"{o.report_images if o.report_images is not None else '-':>5} {o.failed_rows:>6}  "
               f"{'; '.join(o.problems) or 'none'}")
     worst = max(outcomes, key=lambda o: o.peak_rss_mb)
     slowest = max(outcomes, key=lambda o: o.wall_s)
     bad = [o for o in outcomes if o.problems]
+    hangs = sum(any("hung past" in p for p in o.problems) for o in outcomes)
+    lost = sum(any("report.json" in p for p in o.problems) for o in outcomes)
     print(f"cases {sum(c.files for c in cases)} in {len(cases)} runs; bad runs {len(bad)}; exit-3 runs "
-          f"{sum(o.returncode == 3 for o in outcomes)}; failed rows {sum(o.failed_rows for o in outcomes)}; "
+          f"{sum(o.returncode == 3 for o in outcomes)}; hangs {hangs}; lost reports {lost}; "
+          f"failed rows {sum(o.failed_rows for o in outcomes)}; "
           f"peak RSS {worst.peak_rss_mb:.0f} MB ({worst.case}); slowest {slowest.wall_s:.1f} s ({slowest.case})")
     return 1 if bad else 0
 
