@@ -141,6 +141,13 @@ def _global_average_pool(node: Any, shape: list[int | None] | None) -> bool:
             and not any(_attr(node, "pads", []) or []))
 
 
+def _spatial_map(dims: list[int | None] | None) -> bool:
+    """A 4-D map with more than one position in either layout (a 1×1 map after a pooling is not the features)."""
+    if dims is None or len(dims) != 4:
+        return False
+    return all(d is None or d > 1 for d in (np.prod([d or 2 for d in dims[2:]]), np.prod([d or 2 for d in dims[1:3]])))
+
+
 def _reduced_axes(step: Step, rank: int, opset: int) -> tuple[int, ...]:
     node = step.node
     if node.op_type in ("GlobalAveragePool", "AveragePool"):
@@ -208,7 +215,7 @@ def find_onnx_graph_head(graph: Any, logits: str, output: str, ending: str, infe
         tensor = step.x
     if cut is None and features is None:
         flat = next((i for i, s in enumerate(chain) if s.node.op_type in ("Flatten", "Reshape")
-                     and ranks.get(s.x) == 4), None)
+                     and _spatial_map(inferred.get(s.x))), None)
         if flat is not None:
             cut, pooling, tensor = flat + 1, _describe(chain[flat].node) + " (no pooling)", chain[flat].x
     if cut is None:
