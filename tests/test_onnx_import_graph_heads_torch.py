@@ -6,7 +6,6 @@ for several classes and both scores. Needs the torch-test extra (CPU torch, onnx
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +16,7 @@ pytest.importorskip("onnx", reason="camr import needs onnx")
 pytest.importorskip("onnxscript", reason="torch.onnx.export needs onnxscript (torch-test extra)")
 
 from cam_runtime import CamEngine  # noqa: E402
-from cam_runtime.heads import GraphHead, softmax  # noqa: E402
+from cam_runtime.heads import GraphHead  # noqa: E402
 from cam_runtime.model import read_manifest  # noqa: E402
 from export.onnx_import import import_onnx  # noqa: E402
 
@@ -124,7 +123,7 @@ def test_gradients_match_torch_autograd(imported: dict[str, Any], score: str) ->
     for class_id in (0, 3, K - 1):
         features, expected = _torch_gradients(imported, x, class_id, score)
         nhwc = np.ascontiguousarray(features.transpose(0, 2, 3, 1))
-        logits, probs = head.forward(nhwc)
+        _logits, probs = head.forward(nhwc)
         onehot = np.zeros((len(x), 1, K), np.float32)
         onehot[:, 0, class_id] = 1
         directions = onehot if score == "logit" else (probs[:, class_id, None, None] * (onehot - probs[:, None]))
