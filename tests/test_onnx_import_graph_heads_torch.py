@@ -65,13 +65,70 @@ def _mlp_softmax() -> Any:
     return backbone, _Squeeze()
 
 
-MODELS = {"mobilenetv3": _mobilenetv3_like, "vgg": _vgg_like, "mlp_softmax": _mlp_softmax}
+def _divisible(v: float, divisor: int = 8) -> int:
+    new = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return new + divisor if new < 0.9 * v else new
+
+
+class _SqueezeExcite(torch.nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        squeezed = _divisible(channels // 4)
+        self.fc1, self.fc2 = torch.nn.Conv2d(channels, squeezed, 1), torch.nn.Conv2d(squeezed, channels, 1)
+
+    def forward(self, x: Any) -> Any:
+        scale = torch.nn.functional.adaptive_avg_pool2d(x, 1)
+        return x * torch.nn.functional.hardsigmoid(self.fc2(torch.relu(self.fc1(scale))))
+
+
+class _InvertedResidual(torch.nn.Module):
+    def __init__(self, cin: int, kernel: int, expanded: int, cout: int, se: bool, hs: bool, stride: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        act = nn.Hardswish if hs else nn.ReLU
+        layers: list[Any] = []
+        if expanded != cin:
+            layers += [nn.Conv2d(cin, expanded, 1, bias=False), nn.BatchNorm2d(expanded), act()]
+        layers += [nn.Conv2d(expanded, expanded, kernel, stride, kernel // 2, groups=expanded, bias=False),
+                   nn.BatchNorm2d(expanded), act()]
+        if se:
+            layers.append(_SqueezeExcite(expanded))
+        layers += [nn.Conv2d(expanded, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: Any) -> Any:
+        y = self.block(x)
+        return x + y if self.residual else y
+
+
+MOBILENETV3_SMALL = [(16, 3, 16, 16, True, False, 2), (16, 3, 72, 24, False, False, 2),
+                     (24, 3, 88, 24, False, False, 1), (24, 5, 96, 40, True, True, 2), (40, 5, 240, 40, True, True, 1),
+                     (40, 5, 240, 40, True, True, 1), (40, 5, 120, 48, True, True, 1), (48, 5, 144, 48, True, True, 1),
+                     (48, 5, 288, 96, True, True, 2), (96, 5, 576, 96, True, True, 1), (96, 5, 576, 96, True, True, 1)]
+"""torchvision's MobileNetV3-Small configuration (in, kernel, expanded, out, SE, hard-swish, stride)."""
+
+
+def _mobilenetv3_small() -> Any:
+    """torchvision's MobileNetV3-Small built by hand (torchvision is not installed): the real 576 → 1024 → 1000
+    head (Linear, Hardswish, Dropout, Linear) after 7×7 features at 224 px, random weights."""
+    nn = torch.nn
+    layers: list[Any] = [nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.Hardswish()]
+    layers += [_InvertedResidual(*config) for config in MOBILENETV3_SMALL]
+    layers += [nn.Conv2d(96, 576, 1, bias=False), nn.BatchNorm2d(576), nn.Hardswish()]
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(576, 1024), nn.Hardswish(),
+                         nn.Dropout(0.2), nn.Linear(1024, 1000))
+    return nn.Sequential(*layers), head, 224, 1000
+
+
+MODELS = {"mobilenetv3": _mobilenetv3_like, "vgg": _vgg_like, "mlp_softmax": _mlp_softmax,
+          "mobilenetv3_small_224": _mobilenetv3_small}
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))
 def imported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     torch.manual_seed(3)
-    backbone, head = MODELS[request.param]()
+    backbone, head, size, k = (*MODELS[request.param](), SIZE, K)[:4]
     model = torch.nn.Sequential(backbone, head).eval()
     with torch.no_grad():  # random BatchNorm statistics, so the head sees varied features
         for module in model.modules():
@@ -80,15 +137,15 @@ def imported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
                 module.running_var.uniform_(0.5, 2.0)
     tmp = tmp_path_factory.mktemp(request.param)
     src = tmp / "net.onnx"
-    torch.onnx.export(model, (torch.zeros(1, 3, SIZE, SIZE),), str(src), input_names=["input"], dynamo=False,
+    torch.onnx.export(model, (torch.zeros(1, 3, size, size),), str(src), input_names=["input"], dynamo=False,
                       dynamic_axes={"input": {0: "batch"}})
     folder = import_onnx(src, tmp / "model", preset="none")
-    return {"name": request.param, "model": model, "backbone": backbone, "head": head, "folder": folder,
-            "engine": CamEngine.load(folder)}
+    return {"name": request.param, "size": size, "k": k, "model": model, "backbone": backbone, "head": head,
+            "folder": folder, "engine": CamEngine.load(folder)}
 
 
-def _images(n: int = 3) -> np.ndarray:
-    return np.random.default_rng(5).integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8)
+def _images(size: int, n: int = 3) -> np.ndarray:
+    return np.random.default_rng(5).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
 
 
 def _torch_gradients(imported: dict[str, Any], x: Any, class_id: int, score: str) -> tuple[Any, Any]:
@@ -117,14 +174,15 @@ def test_folder_is_a_graph_head(imported: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("score", ["logit", "probability"])
 def test_gradients_match_torch_autograd(imported: dict[str, Any], score: str) -> None:
-    x = torch.from_numpy(_images().astype(np.float32).transpose(0, 3, 1, 2).copy())
+    k = imported["k"]
+    x = torch.from_numpy(_images(imported["size"]).astype(np.float32).transpose(0, 3, 1, 2).copy())
     head: GraphHead = imported["engine"].head
     worst = 0.0
-    for class_id in (0, 3, K - 1):
+    for class_id in (0, 3, k - 1):
         features, expected = _torch_gradients(imported, x, class_id, score)
         nhwc = np.ascontiguousarray(features.transpose(0, 2, 3, 1))
         _logits, probs = head.forward(nhwc)
-        onehot = np.zeros((len(x), 1, K), np.float32)
+        onehot = np.zeros((len(x), 1, k), np.float32)
         onehot[:, 0, class_id] = 1
         directions = onehot if score == "logit" else (probs[:, class_id, None, None] * (onehot - probs[:, None]))
         ours = head.logit_gradients(nhwc, directions.astype(np.float32))[:, 0].transpose(0, 3, 1, 2)
@@ -137,9 +195,9 @@ def test_gradients_match_torch_autograd(imported: dict[str, Any], score: str) ->
 
 @pytest.mark.parametrize("score", ["logit", "probability"])
 def test_gradcam_map_matches_torch(imported: dict[str, Any], score: str) -> None:
-    images = _images(2)
+    images = _images(imported["size"], 2)
     x = torch.from_numpy(images.astype(np.float32).transpose(0, 3, 1, 2).copy())
-    for class_id in (1, K - 2):
+    for class_id in (1, imported["k"] - 2):
         results = imported["engine"].explain(list(images), method="gradcam", classes=[class_id], score=score)
         for i, result in enumerate(results):
             features, grads = _torch_gradients(imported, x[i:i + 1], class_id, score)
