@@ -34,9 +34,9 @@ MAX_POOLS = ("GlobalMaxPool", "MaxPool", "ReduceMax")
 GLOBAL_POOLS = ("GlobalAveragePool", "AveragePool", "ReduceMean")
 SHAPE_OPS = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose")
 ELEMENTWISE = ("Relu", "LeakyRelu", "HardSigmoid", "HardSwish", "Sigmoid", "Clip")
-SUPPORTED = (*GLOBAL_POOLS, *SHAPE_OPS, *ELEMENTWISE, "Identity", "Dropout", "Gemm", "MatMul", "Add", "Sub", "Mul",
-             "Div")
-"""Ops a graph head may consist of (Add/Sub/Mul/Div with a constant operand only; Div by a constant)."""
+SUPPORTED = (*GLOBAL_POOLS, *SHAPE_OPS, *ELEMENTWISE, "Identity", "Dropout", "Gemm", "MatMul", "Conv", "Add", "Sub",
+             "Mul", "Div")
+"""Ops a graph head may consist of (Add/Sub/Mul/Div with a constant operand only; Div by a constant; Conv 1×1)."""
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -125,6 +125,13 @@ def _step(graph: Any, node: Any, path: Path) -> Step:
             raise OnnxHeadError(path, f"{_describe(node)} transposes its input (transA=1)")
         if 1 not in consts or consts[1].ndim != 2:
             raise OnnxHeadError(path, f"{_describe(node)} has no constant 2-D weight")
+    if op == "Conv":
+        weight = consts.get(1)
+        if (weight is None or weight.ndim < 3 or any(d != 1 for d in weight.shape[2:]) or _attr(node, "group", 1) != 1
+                or any(v != 1 for v in _attr(node, "strides", []) or []) or any(_attr(node, "pads", []) or [])
+                or _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID", "NOTSET", "VALID")):
+            raise OnnxHeadError(path, f"{_describe(node)} in the head is not a 1×1 convolution with constant "
+                                      "weights, stride 1, no padding and one group (only those are supported)")
     if op == "MatMul" and (1 not in consts or consts[1].ndim != 2):
         raise OnnxHeadError(path, f"{_describe(node)} has no constant 2-D weight")
     if op == "Dropout" and 2 in consts and bool(consts[2].reshape(-1)[0]):
@@ -342,6 +349,13 @@ def _backward(b: _Builder, step: Step, index: int, g: str, names: dict[str, str]
         return out if alpha == 1.0 else b.op("Mul", [out, b.f32(alpha)])
     if op == "MatMul":
         return b.op("MatMul", [g, b.op("Transpose", [b.shared[(index, 1)]])])
+    if op == "Conv":  # 1×1: a matrix product over the channel axis at every position
+        kernel = step.consts[1]
+        rank = len(x_full) + 1  # the cotangent's rank
+        moved = b.op("Transpose", [g], perm=[0, 1, *range(3, rank), 2])
+        matrix = kernel.reshape(kernel.shape[0], kernel.shape[1]).astype(np.float32)
+        product = b.op("MatMul", [moved, b.const(matrix)])
+        return b.op("Transpose", [product], perm=[0, 1, rank - 1, *range(2, rank - 1)])
     if op in ("Add", "Sub", "Mul", "Div"):
         other = step.consts[1 - step.act]
         _check_broadcast(step, other, x_full, path)

@@ -56,6 +56,8 @@ PRESETS: dict[str, Preprocess] = {
 }
 """Named preprocessing: ``(pixels_0_255_in_color_order - mean) / std`` (see docs/model-format.md)."""
 
+HEAD_KINDS = ("auto", "linear", "graph")
+FORCED_FEATURES = "(given with --features)"
 PARITY_SAMPLES = 4
 PARITY_SEED = 1234
 PROBABILITIES_NAME = "probabilities"
@@ -343,7 +345,7 @@ def detect_head(model: Any, shapes: dict[str, list[int | None]], path: Path,
     except OnnxHeadError:
         if features is None:
             raise
-        found, layout, pooling = "", "", "(given with --features)"
+        found, layout, pooling = "", "", FORCED_FEATURES
     if features is not None and features != found:
         layout = _layout_of(graph, features, linear.weights.shape[0], layout, path)
         found = features
@@ -364,8 +366,8 @@ def _layout_of(graph: _Graph, name: str, channels: int, hint: str, path: Path) -
             return hint
         raise UnsupportedOnnxModelError(path, f"--features {name!r} has shape {shape}: cannot tell NCHW from NHWC")
     if not (nchw or nhwc):
-        raise UnsupportedOnnxModelError(path, f"--features {name!r} has shape {shape}, but the classifier reads "
-                                              f"{channels} channels")
+        raise OnnxHeadError(path, f"--features {name!r} has shape {shape}, but the classifier reads {channels} "
+                                  "channels")  # an OnnxHeadError: a non-linear head may still start there
     return "NCHW" if nchw else "NHWC"
 
 
@@ -765,11 +767,18 @@ def import_onnx(model_path: str | Path, output: str | Path, *, features: str | N
                 preset: str = "torchvision", mean: Sequence[float] | None = None,
                 std: Sequence[float] | None = None, color_order: str | None = None, layout: str | None = None,
                 size: int | tuple[int, int] | None = None, resize: str | None = None,
-                labels: str | Path | None = None, name: str | None = None, force: bool = False) -> Path:
+                labels: str | Path | None = None, name: str | None = None, force: bool = False,
+                head_kind: str = "auto") -> Path:
     """Import an ONNX classifier into a verified model folder at ``output``; returns ``output``.
 
+    ``head_kind``: "auto" (GAP → linear heads with the closed forms, other heads as head/gradient graphs),
+    "linear" (refuse anything else) or "graph" (head graphs even for a linear head).
     Nothing is written unless the head is recognised and both parity checks pass.
     """
+    if head_kind not in HEAD_KINDS:
+        from .errors import OnnxImportError
+
+        raise OnnxImportError(f"head kind must be one of {', '.join(HEAD_KINDS)}, got {head_kind!r}")
     path = Path(model_path)
     output = Path(output)
     if output.exists() and not force:
@@ -782,10 +791,16 @@ def import_onnx(model_path: str | Path, output: str | Path, *, features: str | N
     in_layout, height, width = _input_geometry(_dims(graph_input), layout.upper() if layout else None, pinned, path)
     shapes = _infer_shapes(model, graph_input.name, in_layout, height, width)
     graph_head: OnnxGraphHead | None = None
-    try:
-        head: DetectedHead | OnnxGraphHead = detect_head(model, shapes, path, features)
-    except OnnxHeadError as linear_error:
-        head = graph_head = detect_graph_head(model, shapes, path, in_layout, features, linear_error)
+    head: DetectedHead | OnnxGraphHead
+    if head_kind == "graph":
+        head = graph_head = detect_graph_head(model, shapes, path, in_layout, features)
+    else:
+        try:
+            head = detect_head(model, shapes, path, features)
+        except OnnxHeadError as linear_error:
+            if head_kind == "linear":
+                raise
+            head = graph_head = detect_graph_head(model, shapes, path, in_layout, features, linear_error)
     num_classes = int(head.linear.weights.shape[1]) if isinstance(head, DetectedHead) else None
     if label_list is None and num_classes == 1000:
         label_list = imagenet_labels()
@@ -824,7 +839,15 @@ def import_onnx(model_path: str | Path, output: str | Path, *, features: str | N
                            provenance=meta, force=force, graph_head=graphs, head_spec=HeadSpec(), num_classes=k)
         return output
     assert isinstance(head, DetectedHead)
-    parity, feature_shape = verify(path, str(path), extended, head, probabilities, inputs, made_dynamic)
+    try:
+        parity, feature_shape = verify(path, str(path), extended, head, probabilities, inputs, made_dynamic)
+    except ParityError:
+        if head_kind != "auto" or head.pooling != FORCED_FEATURES:
+            raise
+        # --features past a non-linear head: the closed form does not hold there, the graph head may
+        return import_onnx(path, output, features=features, preset=preset, mean=mean, std=std,
+                           color_order=color_order, layout=layout, size=size, resize=resize, labels=labels,
+                           name=name, force=force, head_kind="graph")
     meta.update({"dense_layer": " + ".join(head.linear.nodes), "feature_shape": feature_shape, **common,
                  "parity": parity.to_dict()})
     write_model_folder(

@@ -128,3 +128,37 @@ def test_clip_head_and_refused_batch_broadcast(tmp_path: Path) -> None:
     with pytest.raises(OnnxHeadError, match="Mul broadcasts its input"):
         import_onnx(tmp_path / "bad.onnx", tmp_path / "bad", preset="none")
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize(("head", "layout"), [("gap_flatten_gemm_transB", "NCHW"), ("reducemean_matmul_add", "NHWC"),
+                                              ("avgpool_reshape_gemm", "NCHW")])
+def test_forced_graph_head_equals_the_closed_form(head: str, layout: str, tmp_path: Path) -> None:
+    """--head graph on a GAP → linear head: the gradient graph gives the closed form's constant gradient."""
+    from test_onnx_import import Net, build, save
+
+    from cam_runtime.heads import LinearHead
+
+    src = save(build(Net(seed=4), head, layout=layout), tmp_path / "src")
+    linear = CamEngine.load(import_onnx(src, tmp_path / "linear")).head
+    graph = CamEngine.load(import_onnx(src, tmp_path / "graph", head_kind="graph")).head
+    assert isinstance(linear, LinearHead) and isinstance(graph, GraphHead)
+    h, w, c = graph.feature_shape
+    features = np.random.default_rng(0).normal(0, 1, (3, h, w, c)).astype(np.float32)
+    directions = np.random.default_rng(1).normal(0, 1, (3, 2, linear.num_classes)).astype(np.float32)
+    np.testing.assert_allclose(graph.forward(features)[1], linear.forward(features)[1], atol=1e-6)
+    expected = linear.logit_gradients(features, directions)
+    np.testing.assert_allclose(graph.logit_gradients(features, directions), expected,
+                               atol=1e-5 * np.abs(expected).max())
+
+
+def test_linear_head_kind_refuses_a_non_linear_head(tmp_path: Path) -> None:
+    from test_onnx_import import Net, build, save
+
+    from export.errors import OnnxHeadError, OnnxImportError
+
+    src = save(build(Net(), "gap_gemm_sigmoid"), tmp_path / "src")
+    with pytest.raises(OnnxHeadError, match="head is not linear"):
+        import_onnx(src, tmp_path / "model", head_kind="linear")
+    with pytest.raises(OnnxImportError, match="head kind must be one of"):
+        import_onnx(src, tmp_path / "model", head_kind="mlp")
+    assert not (tmp_path / "model").exists()

@@ -6,6 +6,7 @@ for several classes and both scores. Needs the torch-test extra (CPU torch, onnx
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -65,6 +66,15 @@ def _mlp_softmax() -> Any:
     return backbone, _Squeeze()
 
 
+def _conv_head() -> Any:
+    """Keras' MobileNetV3 head shape: GAP (kept 4-D) → 1×1 Conv → Hardswish → Dropout → 1×1 Conv → Flatten."""
+    nn = torch.nn
+    backbone = nn.Sequential(nn.Conv2d(3, 10, 3, 2, 1), nn.ReLU(), nn.Conv2d(10, 10, 3, 2, 1))
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(10, 16, 1), nn.Hardswish(), nn.Dropout(0.2),
+                         nn.Conv2d(16, K, 1), nn.Flatten(1))
+    return backbone, head
+
+
 def _divisible(v: float, divisor: int = 8) -> int:
     new = max(divisor, int(v + divisor / 2) // divisor * divisor)
     return new + divisor if new < 0.9 * v else new
@@ -121,7 +131,7 @@ def _mobilenetv3_small() -> Any:
     return nn.Sequential(*layers), head, 224, 1000
 
 
-MODELS = {"mobilenetv3": _mobilenetv3_like, "vgg": _vgg_like, "mlp_softmax": _mlp_softmax,
+MODELS = {"conv_head": _conv_head, "mobilenetv3": _mobilenetv3_like, "vgg": _vgg_like, "mlp_softmax": _mlp_softmax,
           "mobilenetv3_small_224": _mobilenetv3_small}
 
 
@@ -210,3 +220,12 @@ def test_gradcam_map_matches_torch(imported: dict[str, Any], score: str) -> None
             # the runtime may scale Grad-CAM by a constant (1/(h·w)); the map's shape must be torch's
             np.testing.assert_allclose(ours / max(float(ours.max()), 1e-30), expected / scale, atol=1e-3)
             assert ratio > 0
+
+
+def test_features_past_a_non_linear_head_fall_back_to_a_graph_head(imported: dict[str, Any], tmp_path: Path) -> None:
+    """--features naming the detected tensor gives the same folder kind as the automatic detection."""
+    manifest = read_manifest(imported["folder"])
+    src = imported["folder"].parent / "net.onnx"
+    folder = import_onnx(src, tmp_path / "model", preset="none", features=manifest.provenance["feature_layer"])
+    again = read_manifest(folder)
+    assert again.head is not None and again.provenance["head_layers"] == manifest.provenance["head_layers"]

@@ -72,6 +72,8 @@ def import_model(
     features: Annotated[str | None, typer.Option("--features", help="Name of the feature tensor the pooling "
                                                                     "averages (default: found automatically).")]
     = None,
+    head: Annotated[str, typer.Option("--head", help="auto (GAP → linear heads with closed forms, other heads as "
+                                                     "head/gradient graphs), linear or graph.")] = "auto",
     labels: Annotated[Path | None, typer.Option("--labels", help="labels.txt, one class name per line (default: "
                                                                  "ImageNet's when there are 1000 classes).")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Display name (default: the file's stem).")] = None,
@@ -82,7 +84,7 @@ def import_model(
     """Import an ONNX CNN classifier (GAP → linear head, or a non-linear head as head/gradient graphs), verified."""
     folder = import_with_hint(model, output, features=features, preset=preset, mean=_triple(mean, "--mean"),
                               std=_triple(std, "--std"), color_order=color_order, layout=layout, size=_size(size),
-                              resize=resize, labels=labels, name=name, force=force)
+                              resize=resize, labels=labels, name=name, force=force, head_kind=head)
     from cam_runtime.model import read_manifest
 
     manifest = read_manifest(folder)
