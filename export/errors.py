@@ -96,8 +96,8 @@ class DegenerateModelWarning(UserWarning):
 # --- ONNX import (``camr import``) -------------------------------------------------------------------------
 
 GRAPH_HEADS = ("other heads are imported as head/gradient graphs when they are one chain of GlobalAveragePool/"
-               "ReduceMean, Flatten/Reshape, Gemm/MatMul, Add/Mul by constants, Relu, HardSigmoid, HardSwish, Sigmoid, "
-               "Clip, Dropout/Identity (see docs/model-format.md)")
+               "ReduceMean, Flatten/Reshape/Transpose, Gemm/MatMul/1x1 Conv, Add/Mul by constants, Relu, LeakyRelu, "
+               "HardSigmoid, HardSwish, Sigmoid, Clip, Dropout/Identity (see docs/model-format.md)")
 
 
 class OnnxImportError(ExportError):
