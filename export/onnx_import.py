@@ -624,11 +624,28 @@ def verify(path: Path, original: str | bytes, extended: bytes, head: DetectedHea
     return report, [int(nhwc.shape[1]), int(nhwc.shape[2]), int(nhwc.shape[3])]
 
 
-GRADIENT_FD_RTOL = 1e-2
-"""Max |finite difference of head.onnx − gradient.onnx| along a direction, relative to |gradient| (float32
-central differences, the best of steps 1e-2, 1e-3 and 1e-4 of |features|; a wrong rule is off by O(1) at every
-step). The tests compare with torch autograd at 1e-4."""
-FD_STEPS = (1e-2, 1e-3, 1e-4)
+GRADIENT_FD_RTOL = 1e-4
+"""Max |finite difference − gradient.onnx| along a direction, relative to |gradient|·step. The differences are
+central, of head.onnx evaluated in float64 by onnx's reference evaluator (an implementation independent of
+onnxruntime), the best of steps 1e-3, 1e-5 and 1e-7 of |features| (truncation shrinks with the step, rounding
+grows, a kink crossed costs once); a wrong rule is off by O(1) at every step. The tests compare with torch
+autograd at 1e-4."""
+FD_STEPS = (1e-3, 1e-5, 1e-7)
+
+
+def _float64_evaluator(head_bytes: bytes) -> Any:
+    """onnx's reference evaluator on head.onnx with float64 weights, inputs and outputs."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    model = onnx.load_from_string(head_bytes)
+    for tensor in model.graph.initializer:
+        if tensor.data_type == TensorProto.FLOAT:
+            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float64), tensor.name))
+    for value in [*model.graph.input, *model.graph.output]:
+        value.type.tensor_type.elem_type = TensorProto.DOUBLE
+    return ReferenceEvaluator(model)
 
 
 def _with_outputs(model_bytes: bytes, names: Sequence[str]) -> bytes:
@@ -674,9 +691,14 @@ def verify_graph(path: Path, original: str | bytes, extended: bytes, head: OnnxG
                                               "expected a 4-D feature map")
     graphs = build_head_graphs(head, measured, source, opset, path)
     head_session, gradient_session = _session(graphs[0]), _session(graphs[1])
+    reference64 = _float64_evaluator(graphs[0])
 
     def run_head(x: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         z, q = head_session.run(["logits", "probabilities"], {"features": x})
+        return np.asarray(z, np.float64), np.asarray(q, np.float64)
+
+    def run_head64(x: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        z, q = reference64.run(["logits", "probabilities"], {"features": x})
         return np.asarray(z, np.float64), np.asarray(q, np.float64)
 
     def gradient(x: npt.NDArray[np.float32], directions: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
@@ -708,14 +730,13 @@ def verify_graph(path: Path, original: str | bytes, extended: bytes, head: OnnxG
             random = rng.choice([-1.0, 1.0], size=flat.shape)
             for u in (grad / np.maximum(norms, 1e-30)[:, None], random / np.sqrt(flat.shape[1])):
                 best = np.full(n, np.inf)
-                for relative in FD_STEPS:  # truncation error shrinks with the step, float32 rounding grows
+                for relative in FD_STEPS:  # truncation error shrinks with the step, rounding grows
                     step = relative * np.linalg.norm(flat, axis=1, keepdims=True)
-                    plus = (flat + step * u).astype(np.float32).reshape(features.shape)
-                    minus = (flat - step * u).astype(np.float32).reshape(features.shape)
                     pick = 0 if score == "logit" else 1
-                    delta = (plus.reshape(n, -1).astype(np.float64) - minus.reshape(n, -1)) / 2
-                    fd = (run_head(plus)[pick][:, c] - run_head(minus)[pick][:, c]) / 2
-                    err = np.abs(fd - (grad * delta).sum(axis=1)) / (scale * step[:, 0])
+                    plus = run_head64((flat + step * u).reshape(features.shape))[pick][:, c]
+                    minus = run_head64((flat - step * u).reshape(features.shape))[pick][:, c]
+                    fd = (plus - minus) / (2 * step[:, 0])
+                    err = np.abs(fd - (grad * u).sum(axis=1)) / scale
                     best = np.minimum(best, err)
                 fd_err[score] = max(fd_err[score], float(best.max()))
     for score, err in fd_err.items():
