@@ -383,7 +383,7 @@ def _backward(b: _Builder, step: Step, index: int, g: str, names: dict[str, str]
     elif op == "LeakyRelu":
         d = b.op("Where", [b.op("Greater", [x, zero]), one, b.f32(float(_attr(node, "alpha", 0.01)))])
     elif op == "Sigmoid":
-        d = b.op("Mul", [y, b.op("Sub", [one, y])])
+        d = b.op("Mul", [y, b.op("Sigmoid", [b.op("Neg", [x])])])  # σ(x)σ(−x): 1 − σ(x) cancels in float32
     elif op == "HardSigmoid":
         alpha, beta = float(_attr(node, "alpha", 0.2)), float(_attr(node, "beta", 0.5))
         u = b.op("Add", [b.op("Mul", [x, b.f32(alpha)]), b.f32(beta)])

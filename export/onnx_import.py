@@ -624,12 +624,14 @@ def verify(path: Path, original: str | bytes, extended: bytes, head: DetectedHea
     return report, [int(nhwc.shape[1]), int(nhwc.shape[2]), int(nhwc.shape[3])]
 
 
-GRADIENT_FD_RTOL = 1e-4
+GRADIENT_FD_RTOL = 1e-3
 """Max |finite difference − gradient.onnx| along a direction, relative to |gradient|·step. The differences are
 central, of head.onnx evaluated in float64 by onnx's reference evaluator (an implementation independent of
 onnxruntime), the best of steps 1e-3, 1e-5 and 1e-7 of |features| (truncation shrinks with the step, rounding
-grows, a kink crossed costs once); a wrong rule is off by O(1) at every step. The tests compare with torch
-autograd at 1e-4."""
+grows, a kink crossed costs once); a wrong rule is off by O(1) at every step. Not tighter: float32 gradients of a
+saturated unit are themselves only that exact (σ′(x) ≈ e^−|x| amplifies x's rounding; measured 5.7e-4 on a
+sigmoid output at |x| up to 10 in the tests), typical heads measure 1e-7. The tests compare with torch autograd
+at 1e-4."""
 FD_STEPS = (1e-3, 1e-5, 1e-7)
 
 

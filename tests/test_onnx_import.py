@@ -380,7 +380,7 @@ def test_non_linear_heads_become_graph_heads(head: str, tmp_path: Path) -> None:
     manifest = read_manifest(folder)
     assert manifest.files.weights is None and manifest.head is not None
     assert (folder / "head.onnx").is_file() and (folder / "gradient.onnx").is_file()
-    assert max(manifest.provenance["parity"]["head_graphs"]["gradient_fd_max_rel"].values()) <= 1e-4
+    assert max(manifest.provenance["parity"]["head_graphs"]["gradient_fd_max_rel"].values()) <= 1e-3
 
 
 def test_refusal_lists_pooling_candidates_and_features_lets_parity_decide(tmp_path: Path) -> None:

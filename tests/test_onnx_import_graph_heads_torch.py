@@ -178,7 +178,7 @@ def test_folder_is_a_graph_head(imported: dict[str, Any]) -> None:
     manifest = read_manifest(imported["folder"])
     assert manifest.head is not None and manifest.files.weights is None
     parity = manifest.provenance["parity"]["head_graphs"]
-    assert max(parity["gradient_fd_max_rel"].values()) <= 1e-4
+    assert max(parity["gradient_fd_max_rel"].values()) <= 1e-3
     assert isinstance(imported["engine"].head, GraphHead)
 
 
