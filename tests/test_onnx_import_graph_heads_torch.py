@@ -48,7 +48,7 @@ def _vgg_like() -> Any:
 
 
 class _Squeeze(torch.nn.Module):
-    """GAP → Linear → ReLU → Linear (hard-sigmoid gated) → softmax at the end, pooled with mean over (2, 3)."""
+    """mean over (2, 3) → view → Linear → ReLU → sigmoid · 2 + 0.1 → Linear → softmax at the end."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -56,7 +56,8 @@ class _Squeeze(torch.nn.Module):
         self.fc2 = torch.nn.Linear(20, K)
 
     def forward(self, x: Any) -> Any:
-        hidden = torch.relu(self.fc1(x.mean(dim=(2, 3))))
+        pooled = x.mean(dim=(2, 3), keepdim=True)
+        hidden = torch.relu(self.fc1(pooled.view(pooled.size(0), -1)))  # a Reshape to a shape computed at run time
         return torch.softmax(self.fc2(torch.sigmoid(hidden) * 2.0 + 0.1), dim=1)
 
 
@@ -167,7 +168,7 @@ def _torch_gradients(imported: dict[str, Any], x: Any, class_id: int, score: str
     if imported["name"] == "mlp_softmax" and score == "logit":
         features2 = imported["backbone"](x).detach().requires_grad_(True)
         head = imported["head"]
-        pre = head.fc2(torch.sigmoid(torch.relu(head.fc1(features2.mean(dim=(2, 3))))) * 2.0 + 0.1)
+        pre = head.fc2(torch.sigmoid(torch.relu(head.fc1(features2.mean(dim=(2, 3))))) * 2.0 + 0.1)  # same, as logits
         pre[:, class_id].sum().backward()
         return features2.detach().numpy(), features2.grad.numpy()
     target.sum().backward()
@@ -176,6 +177,8 @@ def _torch_gradients(imported: dict[str, Any], x: Any, class_id: int, score: str
 
 def test_folder_is_a_graph_head(imported: dict[str, Any]) -> None:
     manifest = read_manifest(imported["folder"])
+    if imported["name"] == "mlp_softmax":
+        assert any(layer.startswith("Reshape") for layer in manifest.provenance["head_layers"])
     assert manifest.head is not None and manifest.files.weights is None
     parity = manifest.provenance["parity"]["head_graphs"]
     assert max(parity["gradient_fd_max_rel"].values()) <= 1e-3
