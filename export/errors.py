@@ -95,8 +95,9 @@ class DegenerateModelWarning(UserWarning):
 
 # --- ONNX import (``camr import``) -------------------------------------------------------------------------
 
-FUTURE_HEADS = ("heads other than global average pooling → linear layer are future work (the 'every CNN head' "
-                "issue)")
+GRAPH_HEADS = ("other heads are imported as head/gradient graphs when they are one chain of GlobalAveragePool/"
+               "ReduceMean, Flatten/Reshape/Transpose, Gemm/MatMul/1x1 Conv, Add/Mul by constants, Relu, LeakyRelu, "
+               "HardSigmoid, HardSwish, Sigmoid, Clip, Dropout/Identity (see docs/model-format.md)")
 
 
 class OnnxImportError(ExportError):
@@ -125,12 +126,13 @@ class UnsupportedOnnxModelError(OnnxImportError, ValueError):
 
 
 class OnnxHeadError(OnnxImportError, ValueError):
-    """No global-average-pooling → linear head was found, so CAM would not be exact."""
+    """The head is neither global-average-pooling → linear nor a chain the gradient graph can differentiate."""
 
     def __init__(self, path: str | Path, reason: str, candidates: list[str] | None = None) -> None:
         hint = ""
         if candidates:
             hint = (f"; pooled tensors found in the graph: {', '.join(candidates)} (pass --features NAME if one "
                     "of them is what the classifier averages)")
-        super().__init__(f"cannot import {path} for CAM: {reason}{hint}. CAM is exact only when the class score "
-                         f"is a linear function of spatially averaged conv features; {FUTURE_HEADS}")
+        self.reason = reason
+        super().__init__(f"cannot import {path} for CAM: {reason}{hint}. CAM's closed form needs the class score to "
+                         f"be a linear function of spatially averaged conv features; {GRAPH_HEADS}")

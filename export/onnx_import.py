@@ -21,7 +21,15 @@ import numpy.typing as npt
 
 from cam_runtime.errors import OutputExistsError
 from cam_runtime.model import imagenet_labels, sha256_file, write_model_folder
-from cam_runtime.model.manifest import COLOR_ORDERS, LAYOUTS, RESIZE_MODES, InputSpec, OutputSpec, Preprocess
+from cam_runtime.model.manifest import (
+    COLOR_ORDERS,
+    LAYOUTS,
+    RESIZE_MODES,
+    HeadSpec,
+    InputSpec,
+    OutputSpec,
+    Preprocess,
+)
 
 from .errors import (
     LabelsError,
@@ -33,6 +41,7 @@ from .errors import (
     short_reason,
 )
 from .labels import read_labels_arg
+from .onnx_head_graphs import OnnxGraphHead, Shapes, build_head_graphs, find_onnx_graph_head
 from .parity import HEAD_ATOL, PROBABILITY_ATOL, softmax
 
 _TORCH_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -47,6 +56,8 @@ PRESETS: dict[str, Preprocess] = {
 }
 """Named preprocessing: ``(pixels_0_255_in_color_order - mean) / std`` (see docs/model-format.md)."""
 
+HEAD_KINDS = ("auto", "linear", "graph")
+FORCED_FEATURES = "(given with --features)"
 PARITY_SAMPLES = 4
 PARITY_SEED = 1234
 PROBABILITIES_NAME = "probabilities"
@@ -290,12 +301,8 @@ def _pool_candidates(graph: _Graph) -> list[str]:
     return [f"{node.input[0]} ({_describe(node)})" for node in graph.graph.node if node.op_type in _POOLS][:8]
 
 
-def detect_head(model: Any, shapes: dict[str, list[int | None]], path: Path,
-                features: str | None = None) -> DetectedHead:
-    """Walk the graph from its output to the pooled features; raise OnnxHeadError saying why not."""
-    graph = _Graph(model, shapes)
-    output = model.graph.output[0].name
-    passed: list[str] = []
+def _ending(graph: _Graph, output: str, path: Path, passed: list[str]) -> tuple[str, str]:
+    """("softmax", "log_softmax" or "logits", the logits tensor) at the model's output."""
     tensor = _skip(graph, output, _IDENTITIES, passed)
     node = graph.node_of(tensor)
     ending = "logits"
@@ -308,6 +315,28 @@ def detect_head(model: Any, shapes: dict[str, list[int | None]], path: Path,
         ending = "softmax" if node.op_type == "Softmax" else "log_softmax"
         passed.append(_describe(node))
         tensor = _skip(graph, node.input[0], _IDENTITIES, passed)
+    return ending, tensor
+
+
+def detect_graph_head(model: Any, shapes: dict[str, list[int | None]], path: Path, input_layout: str,
+                      features: str | None = None, fallback: OnnxHeadError | None = None) -> OnnxGraphHead:
+    """The non-linear head chain from the pooled (or flattened) feature map to the logits, or OnnxHeadError."""
+    graph = _Graph(model, shapes)
+    output = model.graph.output[0].name
+    ending, logits = _ending(graph, output, path, [])
+    if features is not None and features not in graph.producer:
+        raise UnsupportedOnnxModelError(path, f"--features {features!r} is not a tensor computed by the graph")
+    return find_onnx_graph_head(graph, logits, output, ending, shapes, input_layout, path, features, fallback,
+                                _pool_candidates(graph))
+
+
+def detect_head(model: Any, shapes: dict[str, list[int | None]], path: Path,
+                features: str | None = None) -> DetectedHead:
+    """Walk the graph from its output to the pooled features; raise OnnxHeadError saying why not."""
+    graph = _Graph(model, shapes)
+    output = model.graph.output[0].name
+    passed: list[str] = []
+    ending, tensor = _ending(graph, output, path, passed)
     linear = _linear(graph, tensor, path)
     pooled = _skip(graph, linear.input, _IDENTITIES + _SHAPE_OPS, passed)
     _refuse_flattened_map(graph, linear.input, pooled, path)
@@ -316,7 +345,7 @@ def detect_head(model: Any, shapes: dict[str, list[int | None]], path: Path,
     except OnnxHeadError:
         if features is None:
             raise
-        found, layout, pooling = "", "", "(given with --features)"
+        found, layout, pooling = "", "", FORCED_FEATURES
     if features is not None and features != found:
         layout = _layout_of(graph, features, linear.weights.shape[0], layout, path)
         found = features
@@ -337,8 +366,8 @@ def _layout_of(graph: _Graph, name: str, channels: int, hint: str, path: Path) -
             return hint
         raise UnsupportedOnnxModelError(path, f"--features {name!r} has shape {shape}: cannot tell NCHW from NHWC")
     if not (nchw or nhwc):
-        raise UnsupportedOnnxModelError(path, f"--features {name!r} has shape {shape}, but the classifier reads "
-                                              f"{channels} channels")
+        raise OnnxHeadError(path, f"--features {name!r} has shape {shape}, but the classifier reads {channels} "
+                                  "channels")  # an OnnxHeadError: a non-linear head may still start there
     return "NCHW" if nchw else "NHWC"
 
 
@@ -467,7 +496,7 @@ def _unique(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def extend_graph(model: Any, head: DetectedHead) -> tuple[str, bool]:
+def extend_graph(model: Any, head: DetectedHead | OnnxGraphHead) -> tuple[str, bool]:
     """Add the features output (and a Softmax output for logits); returns (probabilities name, batch made dynamic)."""
     from onnx import TensorProto, helper
 
@@ -537,28 +566,39 @@ def parity_inputs(prep: Preprocess, layout: str, height: int, width: int, sample
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2) if layout == "NCHW" else x)
 
 
-def verify(path: Path, original: str | bytes, extended: bytes, head: DetectedHead, probabilities: str,
-           inputs: npt.NDArray[np.float32], fixed_batch: bool) -> tuple[ImportParity, list[int]]:
-    """Run both graphs; returns the parity report and the features' [h, w, C]; raises ParityError beyond tolerance."""
+def _reference(path: Path, original: str | bytes, output: str, inputs: npt.NDArray[np.float32],
+               fixed_batch: bool) -> tuple[str, npt.NDArray[np.float64]]:
+    """(input name, the original model's output on ``inputs``)."""
     before = _session(original)
     input_name = before.get_inputs()[0].name
     try:
         if fixed_batch:
-            reference = np.concatenate([before.run([head.output], {input_name: x[None]})[0] for x in inputs])
+            reference = np.concatenate([before.run([output], {input_name: x[None]})[0] for x in inputs])
         else:
-            reference = before.run([head.output], {input_name: inputs})[0]
+            reference = before.run([output], {input_name: inputs})[0]
     except Exception as exc:
         raise UnsupportedOnnxModelError(path, f"onnxruntime cannot run the model ({short_reason(exc)})") from None
-    del before
+    return input_name, np.asarray(reference, dtype=np.float64)
+
+
+def _run_extended(path: Path, extended: bytes, names: list[str], feeds: dict[str, Any],
+                  fixed_batch: bool) -> list[Any]:
     try:
-        probs, features = _session(extended).run([probabilities, head.features], {input_name: inputs})
+        return list(_session(extended).run(names, feeds))
     except Exception as exc:
         hint = (" with a batch of several images: the graph hard-codes its fixed batch size; re-export with a "
                 "dynamic batch axis (torch.onnx.export(..., dynamic_axes={'input': {0: 'batch'}}))"
                 if fixed_batch else "")
         raise UnsupportedOnnxModelError(path, f"onnxruntime cannot run the extended model{hint} "
                                               f"({short_reason(exc)})") from None
-    reference = np.asarray(reference, dtype=np.float64)
+
+
+def verify(path: Path, original: str | bytes, extended: bytes, head: DetectedHead, probabilities: str,
+           inputs: npt.NDArray[np.float32], fixed_batch: bool) -> tuple[ImportParity, list[int]]:
+    """Run both graphs; returns the parity report and the features' [h, w, C]; raises ParityError beyond tolerance."""
+    input_name, reference = _reference(path, original, head.output, inputs, fixed_batch)
+    probs, features = _run_extended(path, extended, [probabilities, head.features], {input_name: inputs},
+                                    fixed_batch)
     expected = reference if head.ending == "softmax" else softmax(reference)
     if features.ndim != 4 or probs.ndim != 2:
         raise UnsupportedOnnxModelError(path, f"the features have shape {list(features.shape)} and the "
@@ -582,6 +622,139 @@ def verify(path: Path, original: str | bytes, extended: bytes, head: DetectedHea
         raise ParityError(f"softmax(mean_hw({head.features})·W + b) and the model's probabilities (wrong feature "
                           "tensor?)", head_err, HEAD_ATOL)
     return report, [int(nhwc.shape[1]), int(nhwc.shape[2]), int(nhwc.shape[3])]
+
+
+GRADIENT_FD_RTOL = 1e-3
+"""Max |finite difference − gradient.onnx| along a direction, relative to |gradient|·step. The differences are
+central, of head.onnx evaluated in float64 by onnx's reference evaluator (an implementation independent of
+onnxruntime), the best of steps 1e-3, 1e-5 and 1e-7 of |features| (truncation shrinks with the step, rounding
+grows, a kink crossed costs once); a wrong rule is off by O(1) at every step. Not tighter: float32 gradients of a
+saturated unit are themselves only that exact (σ′(x) ≈ e^−|x| amplifies x's rounding; measured 5.7e-4 on a
+sigmoid output at |x| up to 10 in the tests), typical heads measure 1e-7. The tests compare with torch autograd
+at 1e-4."""
+FD_STEPS = (1e-3, 1e-5, 1e-7)
+
+
+def _float64_evaluator(head_bytes: bytes) -> Any:
+    """onnx's reference evaluator on head.onnx with float64 weights, inputs and outputs."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    model = onnx.load_from_string(head_bytes)
+    for tensor in model.graph.initializer:
+        if tensor.data_type == TensorProto.FLOAT:
+            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float64), tensor.name))
+    for value in [*model.graph.input, *model.graph.output]:
+        value.type.tensor_type.elem_type = TensorProto.DOUBLE
+    return ReferenceEvaluator(model)
+
+
+def _with_outputs(model_bytes: bytes, names: Sequence[str]) -> bytes:
+    """The model with ``names`` added as float outputs (to measure the head's intermediate shapes)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    probe = onnx.load_from_string(model_bytes)
+    present = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                              for n in dict.fromkeys(names) if n not in present)
+    return bytes(probe.SerializeToString())
+
+
+def _probability_directions(p: npt.NDArray[np.float64], c: int) -> npt.NDArray[np.float32]:
+    """The logit direction whose gradient is ∂p_c: p_c (e_c − p), [N, 1, K]."""
+    onehot = np.zeros_like(p)
+    onehot[:, c] = 1.0
+    return (p[:, c:c + 1] * (onehot - p))[:, None, :].astype(np.float32)
+
+
+def verify_graph(path: Path, original: str | bytes, extended: bytes, head: OnnxGraphHead, probabilities: str,
+                 inputs: npt.NDArray[np.float32], fixed_batch: bool, source: Any, opset: int
+                 ) -> tuple[dict[str, Any], list[int], tuple[bytes, bytes], int]:
+    """Build and check head.onnx and gradient.onnx: (parity report, features [h, w, C], graphs, K).
+
+    Checks the extended model against the original, head.onnx(features) against the model's probabilities and
+    gradient.onnx against central finite differences of head.onnx for three classes and both scores."""
+    input_name, reference = _reference(path, original, head.output, inputs, fixed_batch)
+    tensors = head.tensors
+    values = _run_extended(path, _with_outputs(extended, tensors), [probabilities, *tensors],
+                           {input_name: inputs}, fixed_batch)
+    probs = np.asarray(values[0], np.float64)
+    measured: Shapes = {name: tuple(int(d) for d in np.shape(v)) for name, v in zip(tensors, values[1:], strict=True)}
+    features = np.asarray(values[1], np.float32)
+    expected = reference if head.ending == "softmax" else softmax(reference)
+    prob_err = float(np.abs(probs - expected).max())
+    if not prob_err <= PROBABILITY_ATOL:
+        raise ParityError("the extended graph's probabilities and the original model's (softmaxed) output",
+                          prob_err, PROBABILITY_ATOL)
+    if features.ndim != 4:
+        raise UnsupportedOnnxModelError(path, f"the features {head.features!r} have shape {list(features.shape)}; "
+                                              "expected a 4-D feature map")
+    graphs = build_head_graphs(head, measured, source, opset, path)
+    head_session, gradient_session = _session(graphs[0]), _session(graphs[1])
+    reference64 = _float64_evaluator(graphs[0])
+
+    def run_head(x: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        z, q = head_session.run(["logits", "probabilities"], {"features": x})
+        return np.asarray(z, np.float64), np.asarray(q, np.float64)
+
+    def run_head64(x: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        z, q = reference64.run(["logits", "probabilities"], {"features": x})
+        return np.asarray(z, np.float64), np.asarray(q, np.float64)
+
+    def gradient(x: npt.NDArray[np.float32], directions: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        return np.asarray(gradient_session.run(["gradients"], {"features": x, "directions": directions})[0][:, 0],
+                          np.float64)
+
+    logits, head_probs = run_head(features)
+    head_err = float(np.abs(head_probs - probs).max())
+    logit_err = float(np.abs(logits - reference).max()) if head.ending == "logits" else None
+    if not head_err <= HEAD_ATOL:
+        raise ParityError("head.onnx's probabilities and the model's", head_err, HEAD_ATOL)
+    k = int(logits.shape[1])
+    order = np.argsort(-head_probs[0])
+    classes = list(dict.fromkeys(int(c) for c in (order[0], order[min(1, k - 1)], order[-1])))
+    n = len(features)
+    flat = features.reshape(n, -1).astype(np.float64)
+    rng = np.random.default_rng(PARITY_SEED)
+    fd_err = {"logit": 0.0, "probability": 0.0}
+    for c in classes:
+        onehot = np.zeros((n, 1, k), np.float32)
+        onehot[:, 0, c] = 1.0
+        logit_grad = gradient(features, onehot).reshape(n, -1)
+        for score, directions in (("logit", onehot), ("probability", _probability_directions(head_probs, c))):
+            grad = logit_grad if score == "logit" else gradient(features, directions).reshape(n, -1)
+            norms = np.linalg.norm(grad, axis=1)
+            scale = np.maximum(norms, head_probs[:, c] * np.linalg.norm(logit_grad, axis=1) if score == "probability"
+                               else norms)
+            scale = np.maximum(scale, 1e-12)
+            random = rng.choice([-1.0, 1.0], size=flat.shape)
+            for u in (grad / np.maximum(norms, 1e-30)[:, None], random / np.sqrt(flat.shape[1])):
+                best = np.full(n, np.inf)
+                for relative in FD_STEPS:  # truncation error shrinks with the step, rounding grows
+                    step = relative * np.linalg.norm(flat, axis=1, keepdims=True)
+                    pick = 0 if score == "logit" else 1
+                    plus = run_head64((flat + step * u).reshape(features.shape))[pick][:, c]
+                    minus = run_head64((flat - step * u).reshape(features.shape))[pick][:, c]
+                    fd = (plus - minus) / (2 * step[:, 0])
+                    err = np.abs(fd - (grad * u).sum(axis=1)) / scale
+                    best = np.minimum(best, err)
+                fd_err[score] = max(fd_err[score], float(best.max()))
+    for score, err in fd_err.items():
+        if not err <= GRADIENT_FD_RTOL:
+            raise ParityError(f"gradient.onnx's {score} gradients and finite differences of head.onnx", err,
+                              GRADIENT_FD_RTOL)
+    report: dict[str, Any] = {
+        "samples": n, "seed": PARITY_SEED, "probabilities_max_abs": prob_err,
+        "head_graphs": {"classes": classes, "scores": ["logit", "probability"],
+                        "head_probabilities_max_abs": head_err, "gradient_fd_max_rel": fd_err,
+                        "tolerances": {"gradient_fd_rtol": GRADIENT_FD_RTOL, "head_probabilities_atol": HEAD_ATOL}},
+        "tolerances": {"probabilities_atol": PROBABILITY_ATOL}}
+    if logit_err is not None:
+        report["logits_reconstruction_max_abs"] = logit_err
+    nhwc = features.transpose(0, 2, 3, 1) if head.features_layout == "NCHW" else features
+    return report, [int(nhwc.shape[1]), int(nhwc.shape[2]), int(nhwc.shape[3])], graphs, k
 
 
 # --- the public function -------------------------------------------------------------------------------
@@ -617,11 +790,18 @@ def import_onnx(model_path: str | Path, output: str | Path, *, features: str | N
                 preset: str = "torchvision", mean: Sequence[float] | None = None,
                 std: Sequence[float] | None = None, color_order: str | None = None, layout: str | None = None,
                 size: int | tuple[int, int] | None = None, resize: str | None = None,
-                labels: str | Path | None = None, name: str | None = None, force: bool = False) -> Path:
+                labels: str | Path | None = None, name: str | None = None, force: bool = False,
+                head_kind: str = "auto") -> Path:
     """Import an ONNX classifier into a verified model folder at ``output``; returns ``output``.
 
+    ``head_kind``: "auto" (GAP → linear heads with the closed forms, other heads as head/gradient graphs),
+    "linear" (refuse anything else) or "graph" (head graphs even for a linear head).
     Nothing is written unless the head is recognised and both parity checks pass.
     """
+    if head_kind not in HEAD_KINDS:
+        from .errors import OnnxImportError
+
+        raise OnnxImportError(f"head kind must be one of {', '.join(HEAD_KINDS)}, got {head_kind!r}")
     path = Path(model_path)
     output = Path(output)
     if output.exists() and not force:
@@ -633,11 +813,21 @@ def import_onnx(model_path: str | Path, output: str | Path, *, features: str | N
     pinned = (size, size) if isinstance(size, int) else size
     in_layout, height, width = _input_geometry(_dims(graph_input), layout.upper() if layout else None, pinned, path)
     shapes = _infer_shapes(model, graph_input.name, in_layout, height, width)
-    head = detect_head(model, shapes, path, features)
-    num_classes = int(head.linear.weights.shape[1])
+    graph_head: OnnxGraphHead | None = None
+    head: DetectedHead | OnnxGraphHead
+    if head_kind == "graph":
+        head = graph_head = detect_graph_head(model, shapes, path, in_layout, features)
+    else:
+        try:
+            head = detect_head(model, shapes, path, features)
+        except OnnxHeadError as linear_error:
+            if head_kind == "linear":
+                raise
+            head = graph_head = detect_graph_head(model, shapes, path, in_layout, features, linear_error)
+    num_classes = int(head.linear.weights.shape[1]) if isinstance(head, DetectedHead) else None
     if label_list is None and num_classes == 1000:
         label_list = imagenet_labels()
-    if label_list is not None and len(label_list) != num_classes:
+    if label_list is not None and num_classes is not None and len(label_list) != num_classes:
         raise LabelsError(labels or "(ImageNet labels)", f"has {len(label_list)} lines but the model has "
                                                          f"{num_classes} classes")
     opset = _Graph(model, {}).opset
@@ -645,20 +835,45 @@ def import_onnx(model_path: str | Path, output: str | Path, *, features: str | N
     probabilities, made_dynamic = extend_graph(model, head)
     extended = model.SerializeToString()
     inputs = parity_inputs(prep, in_layout, height, width)
-    parity, feature_shape = verify(path, str(path), extended, head, probabilities, inputs, made_dynamic)
     import onnx
     import onnxruntime
 
-    meta = {"source": "onnx import", "model_file": path.name, "model_sha256": sha256_file(path),
-            "producer": producer or None, "opset": opset, "preset": preset.lower(),
-            "feature_layer": head.features, "pooling": head.pooling, "dense_layer": " + ".join(head.linear.nodes),
-            "feature_shape": feature_shape, "model_ending": head.ending,
-            "softmax_appended": head.ending != "softmax", "batch_made_dynamic": made_dynamic,
-            "tool_versions": {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
-            "parity": parity.to_dict()}
+    meta: dict[str, Any] = {
+        "source": "onnx import", "model_file": path.name, "model_sha256": sha256_file(path),
+        "producer": producer or None, "opset": opset, "preset": preset.lower(), "feature_layer": head.features,
+        "pooling": head.pooling}
+    common = {"model_ending": head.ending, "softmax_appended": head.ending != "softmax",
+              "batch_made_dynamic": made_dynamic,
+              "tool_versions": {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}}
+    spec = InputSpec(graph_input.name, in_layout, height, width)  # type: ignore[arg-type]
+    outputs = OutputSpec(probabilities, head.features, head.features_layout)  # type: ignore[arg-type]
+    if graph_head is not None:
+        report, feature_shape, graphs, k = verify_graph(path, str(path), extended, graph_head, probabilities,
+                                                        inputs, made_dynamic, model, opset)
+        if label_list is None and k == 1000:
+            label_list = imagenet_labels()
+        if label_list is not None and len(label_list) != k:
+            raise LabelsError(labels or "(ImageNet labels)", f"has {len(label_list)} lines but the model has "
+                                                             f"{k} classes")
+        meta.update({"head_layers": graph_head.describe(), "feature_shape": feature_shape, **common,
+                     "parity": report})
+        write_model_folder(output, model=extended, weights=None, bias=None, labels=label_list,
+                           name=name or path.stem, input_spec=spec, preprocess=prep, outputs=outputs,
+                           provenance=meta, force=force, graph_head=graphs, head_spec=HeadSpec(), num_classes=k)
+        return output
+    assert isinstance(head, DetectedHead)
+    try:
+        parity, feature_shape = verify(path, str(path), extended, head, probabilities, inputs, made_dynamic)
+    except ParityError:
+        if head_kind != "auto" or head.pooling != FORCED_FEATURES:
+            raise
+        # --features past a non-linear head: the closed form does not hold there, the graph head may
+        return import_onnx(path, output, features=features, preset=preset, mean=mean, std=std,
+                           color_order=color_order, layout=layout, size=size, resize=resize, labels=labels,
+                           name=name, force=force, head_kind="graph")
+    meta.update({"dense_layer": " + ".join(head.linear.nodes), "feature_shape": feature_shape, **common,
+                 "parity": parity.to_dict()})
     write_model_folder(
         output, model=extended, weights=head.linear.weights, bias=head.linear.bias, labels=label_list,
-        name=name or path.stem, input_spec=InputSpec(graph_input.name, in_layout, height, width),  # type: ignore[arg-type]
-        preprocess=prep, outputs=OutputSpec(probabilities, head.features, head.features_layout),  # type: ignore[arg-type]
-        provenance=meta, force=force)
+        name=name or path.stem, input_spec=spec, preprocess=prep, outputs=outputs, provenance=meta, force=force)
     return output

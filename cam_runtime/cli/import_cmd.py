@@ -72,6 +72,8 @@ def import_model(
     features: Annotated[str | None, typer.Option("--features", help="Name of the feature tensor the pooling "
                                                                     "averages (default: found automatically).")]
     = None,
+    head: Annotated[str, typer.Option("--head", help="auto (GAP → linear heads with closed forms, other heads as "
+                                                     "head/gradient graphs), linear or graph.")] = "auto",
     labels: Annotated[Path | None, typer.Option("--labels", help="labels.txt, one class name per line (default: "
                                                                  "ImageNet's when there are 1000 classes).")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Display name (default: the file's stem).")] = None,
@@ -79,10 +81,10 @@ def import_model(
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Import an ONNX CNN classifier (GAP → linear head) as a model folder, verified by a parity check."""
+    """Import an ONNX CNN classifier (GAP → linear head, or a non-linear head as head/gradient graphs), verified."""
     folder = import_with_hint(model, output, features=features, preset=preset, mean=_triple(mean, "--mean"),
                               std=_triple(std, "--std"), color_order=color_order, layout=layout, size=_size(size),
-                              resize=resize, labels=labels, name=name, force=force)
+                              resize=resize, labels=labels, name=name, force=force, head_kind=head)
     from cam_runtime.model import read_manifest
 
     manifest = read_manifest(folder)
@@ -102,5 +104,14 @@ def import_model(
     typer.echo(f"imported {manifest.name} to {folder} ({manifest.num_classes} classes, input "
                f"{manifest.input.layout} {manifest.input.height}x{manifest.input.width}, features "
                f"{manifest.outputs.features!r} {h}x{w}x{c} {manifest.outputs.features_layout}); parity: "
-               f"probabilities max abs {parity.get('probabilities_max_abs', float('nan')):.2e}, head "
-               f"reconstruction max abs {parity.get('head_reconstruction_max_abs', float('nan')):.2e}")
+               f"probabilities max abs {parity.get('probabilities_max_abs', float('nan')):.2e}, {_head_parity(parity)}")
+
+
+def _head_parity(parity: dict[str, Any]) -> str:
+    """The head's own check: reconstruction (linear head) or head graph and gradient checks (graph head)."""
+    graphs = parity.get("head_graphs")
+    if not isinstance(graphs, dict):
+        return f"head reconstruction max abs {parity.get('head_reconstruction_max_abs', float('nan')):.2e}"
+    fd = graphs.get("gradient_fd_max_rel", {})
+    return (f"graph head: head.onnx probabilities max abs {graphs.get('head_probabilities_max_abs', float('nan')):.2e}"
+            f", gradient.onnx vs finite differences max rel {max(fd.values(), default=float('nan')):.2e}")
