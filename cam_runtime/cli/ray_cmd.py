@@ -11,10 +11,11 @@ from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
 from cam_runtime.errors import InvalidArgumentError, OutputExistsError
+from cam_runtime.image_files import is_image_name
 from cam_runtime.jobs.explain_folder import ExplainOptions
 
 from .common import EXIT_OK, EXIT_SOME_FAILED, err_console, warn_line
-from .inputs import collect_inputs, is_image_name
+from .inputs import collect_inputs
 
 _ADDRESS = re.compile(r"^(local|auto|ray://\S+|[\w.\-]+:\d+)$")
 SUMMARY_FILE = "summary.json"
