@@ -43,8 +43,8 @@ class ExplainParams:
     def validate(self, engine: CamEngine) -> None:
         """Raise the engine's own errors (unknown method or class, top_k out of range) before any work."""
         get_method(self.method, **({"score": self.score} if self.score != "logit" else {}))
-        engine.classes.check_classes(self.classes, self.top_k)
         check_box_threshold(self.box_threshold, "box_threshold")
+        engine.classes.check_classes(self.classes, self.top_k)
 
 
 @dataclass
