@@ -57,6 +57,7 @@ def test_missing_openvino_is_one_line_and_writes_nothing(tiny_nchw: Path, image_
 @needs_openvino
 def test_refused_where_the_cpu_lacks_bf16(tiny_nchw: Path, image_sets: tuple[Path, Path], tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import cam_runtime.derive.bf16  # noqa: F401 (imported before the patch, so it does not keep the fake)
     from cam_runtime import openvino_runtime as ovr
 
     monkeypatch.setattr(ovr, "cpu_capabilities", lambda: ["FP32", "INT8"])
