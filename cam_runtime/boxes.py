@@ -58,6 +58,12 @@ def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float
     return inter / union if union > 0 else 0.0
 
 
+def check_box_threshold(threshold: float, option: str = "box threshold") -> None:
+    """The one check of a box threshold: 0 < threshold ≤ 1 (``option`` names it in the error)."""
+    if not 0.0 < threshold <= 1.0:
+        raise InvalidArgumentError(f"{option} must be in (0, 1], got {threshold}")
+
+
 def boxes_from_map(heatmap: npt.NDArray[np.float32], threshold: float = DEFAULT_THRESHOLD,
                    all_components: bool = False) -> list[Box]:
     """Boxes around the regions where ``heatmap >= threshold * heatmap.max()``.
@@ -66,8 +72,7 @@ def boxes_from_map(heatmap: npt.NDArray[np.float32], threshold: float = DEFAULT_
     (equal areas in the order ``cv2.connectedComponents`` would label them).
     An all-zero or non-positive map has no boxes.
     """
-    if not 0.0 < threshold <= 1.0:
-        raise InvalidArgumentError(f"box threshold must be in (0, 1], got {threshold}")
+    check_box_threshold(threshold)
     if heatmap.ndim != 2:
         raise InvalidArgumentError(f"heatmap must be 2-D, got shape {heatmap.shape}")
     peak = float(heatmap.max()) if heatmap.size else 0.0

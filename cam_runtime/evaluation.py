@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from .boxes import DEFAULT_THRESHOLD, boxes_from_map
+from .boxes import DEFAULT_THRESHOLD, boxes_from_map, check_box_threshold
 from .engine import CamEngine
 from .errors import CamError, InvalidArgumentError, UnknownClassError
 from .ground_truth_boxes import Annotations, GroundTruthBox
@@ -492,8 +492,7 @@ def evaluate(engine: CamEngine, images_dir: str | Path, annotations: Annotations
     """Evaluate several methods on the annotated images of ``images_dir`` (see :func:`evaluate_method`)."""
     if not methods:
         raise InvalidArgumentError("give at least one method")
-    if not 0.0 < box_threshold <= 1.0:
-        raise InvalidArgumentError(f"box threshold must be in (0, 1], got {box_threshold}")
+    check_box_threshold(box_threshold)
     samples, failures = load_samples(engine, images_dir, annotations, batch_size)
     if not samples:
         raise InvalidArgumentError(f"none of the {len(annotations)} annotated images could be evaluated"

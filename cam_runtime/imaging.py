@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from .errors import (
     InvalidArgumentError,
     InvalidImageArrayError,
 )
+from .safe_io import failure_reason, read_bounded
 
 if "OPENCV_LOG_LEVEL" not in os.environ:
     # Every decode failure becomes an ImageDecodeError; OpenCV's own stderr lines would break one-line reports.
@@ -105,38 +105,17 @@ def load_image(image: ImageInput, *, source: str | None = None, max_pixels: int 
 
 
 def read_file_bytes(path: Path, max_bytes: int | None = None) -> bytes:
-    """Read a whole regular file, mapping OS errors to image errors; refuses FIFOs, devices and huge files."""
+    """Read a whole regular file (:func:`cam_runtime.safe_io.read_bounded`), failures as image errors."""
     try:
-        # O_NONBLOCK: opening a FIFO named like an image must not hang waiting for a writer.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        return read_bounded(path, max_bytes)
     except FileNotFoundError:
         raise ImageNotFoundError(path) from None
-    except IsADirectoryError:
-        raise ImageReadError(path, "is a directory") from None
     except PermissionError:
         raise ImageReadError(path, "permission denied") from None
-    except (OSError, ValueError) as exc:
-        raise ImageReadError(path, getattr(exc, "strerror", None) or str(exc)) from None
-    try:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise ImageReadError(path, "is a directory")
-        if not stat.S_ISREG(info.st_mode):
-            raise ImageReadError(path, "not a regular file (device, FIFO or socket)")
-        if max_bytes is not None and info.st_size > max_bytes:
-            raise ImageReadError(path, f"file has {info.st_size} bytes, more than the {max_bytes} allowed")
-        handle = os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-    with handle:
-        try:
-            data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
-        except OSError as exc:
-            raise ImageReadError(path, exc.strerror or str(exc)) from None
-    if max_bytes is not None and len(data) > max_bytes:  # the file grew while we read it
-        raise ImageReadError(path, f"file has more than the {max_bytes} bytes allowed")
-    return data
+    except IsADirectoryError:
+        raise ImageReadError(path, "is a directory") from None
+    except (OSError, ValueError) as exc:  # RefusedFileError (a ValueError) included
+        raise ImageReadError(path, failure_reason(exc)) from None
 
 
 def max_file_bytes(max_pixels: int) -> int:

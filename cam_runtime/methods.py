@@ -297,18 +297,11 @@ class GradCAM(_GradientMethod):
         return relu(weighted_sum(features, gradients.mean(axis=(2, 3), dtype=np.float32)))
 
 
-class HiResCAM(_GradientMethod):
-    """Draelos & Carin 2020: ReLU(Σ_k dS/dA_ijk · A_ijk); equals Grad-CAM when the gradient is constant."""
+class HiResCAM(GradCAM):
+    """Draelos & Carin 2020: ReLU(Σ_k dS/dA_ijk · A_ijk); equals Grad-CAM when the gradient is constant, so it
+    keeps Grad-CAM's closed form and device maps and differs only with per-position gradients."""
 
     name = "hirescam"
-
-    def from_device_cams(self) -> Callable[[FloatArray], FloatArray] | None:
-        """With score = logit: ReLU(CAM) / (h·w) (the gradient is constant, as for Grad-CAM)."""
-        return _relu_mean if self.score == "logit" else None
-
-    @staticmethod
-    def closed_form(features: FloatArray, gradients: FloatArray) -> FloatArray:
-        return relu(weighted_sum(features, gradients))
 
     @staticmethod
     def from_gradients(features: FloatArray, gradients: FloatArray) -> FloatArray:

@@ -88,7 +88,8 @@ class ExplainActor:
 
         self.options = options
         self.engine = CamEngine.load(model, device=options["device"], threads=options["threads"],
-                                     max_pixels=options["max_pixels"], resize=options["resize"])
+                                     max_pixels=options["max_pixels"], resize=options["resize"],
+                                     trust_graph=options.get("trust_graph", False))
         output = options["output"]
         self.layout = OutputLayout(output, options["image_format"]) if output is not None else None
         self._calls = 0
@@ -233,7 +234,7 @@ def explain_dataset(ds: Dataset, model: str | Path, *, method: str = "cam", top_
                     image_format: str = "jpg", alpha: float = 0.5, colormap: str = "jet", draw_boxes: bool = True,
                     box_threshold: float = BOX_THRESHOLD, all_boxes: bool = False, max_pixels: int | None = None,
                     resize: str | None = None, records_dir: str | Path | None = None,
-                    runtime_env: dict[str, Any] | None = None) -> Dataset:
+                    runtime_env: dict[str, Any] | None = None, trust_graph: bool = False) -> Dataset:
     """A lazy Ray Dataset of records (one per row of ``ds``), explained by an actor pool, one engine per actor.
 
     ``ds`` has a ``bytes`` and/or a ``path`` column (``ray.data.read_binary_files(paths, include_paths=True)``,
@@ -247,6 +248,9 @@ def explain_dataset(ds: Dataset, model: str | Path, *, method: str = "cam", top_
     With ``records_dir``, each actor writes its batch's records there itself (one Parquet file per batch, named
     after the batch's keys, written atomically, so a retried batch replaces its own file) and the dataset
     yields only ``key`` and ``status``: no separate write stage competing with the actors for CPUs.
+
+    ``trust_graph`` lets every actor load a model whose graph uses operators outside the CNN allowlist
+    (``CamEngine.load(trust_graph=True)``, the CLI's ``--trust-model-graph``).
     """
     ray = import_ray()
     from .imaging import DEFAULT_MAX_PIXELS
@@ -272,7 +276,8 @@ def explain_dataset(ds: Dataset, model: str | Path, *, method: str = "cam", top_
                "output": str(output) if output is not None else None, "root": root,
                "image_format": image_format.lower().lstrip(".").replace("jpeg", "jpg"), "alpha": alpha,
                "colormap": colormap, "draw_boxes": draw_boxes, "box_threshold": box_threshold,
-               "all_boxes": all_boxes, "records_dir": str(records_dir) if records_dir is not None else None}
+               "all_boxes": all_boxes, "records_dir": str(records_dir) if records_dir is not None else None,
+               "trust_graph": trust_graph}
     return ds.map_batches(ExplainActor, fn_constructor_args=(str(model), options), batch_size=batch_size,
                           batch_format="numpy", zero_copy_batch=True,
                           compute=ray.data.ActorPoolStrategy(size=concurrency),

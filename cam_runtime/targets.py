@@ -239,6 +239,16 @@ class ClassIndex:
         names = [self.labels[self._by_label[key][0]] for key in close]
         return f"; did you mean {' or '.join(repr(n) for n in names)}?"
 
+    def check_classes(self, classes: Sequence[ClassSpec] | None, top_k: int, option: str = "top_k") -> None:
+        """The front ends' check before any work: every class given exists, or (none given) ``top_k`` fits K."""
+        if classes is None:
+            check_top_k(top_k, self.num_classes, option)
+            return
+        if not classes:
+            raise InvalidArgumentError("classes must not be empty")
+        for spec in classes:
+            self.class_id(spec)
+
     def check(self, spec: ClassSpec) -> None:
         """Validate one class or target object before any image is decoded (labels exist, ranks fit)."""
         if isinstance(spec, Target) and not isinstance(spec, ClassTarget):

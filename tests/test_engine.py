@@ -201,22 +201,6 @@ def test_heatmap_is_upsampled_to_original_size_and_normalised() -> None:
     assert not normalize(np.full((3, 3), -1.0, np.float32)).any()
 
 
-def test_boxes_on_synthetic_maps() -> None:
-    heat = np.zeros((100, 200), np.float32)
-    heat[10:30, 20:60] = 1.0
-    heat[50:90, 100:190] = 0.5
-    heat[95, 5] = 0.1  # below 20% of the max: ignored
-    (largest,) = boxes_from_map(heat)
-    assert (largest.x0, largest.y0, largest.x1, largest.y1) == (100, 50, 190, 90)
-    every = boxes_from_map(heat, all_components=True)
-    assert [(b.x0, b.y0, b.x1, b.y1) for b in every] == [(100, 50, 190, 90), (20, 10, 60, 30)]
-    assert boxes_from_map(heat, threshold=0.6)[0].area == 20 * 40
-    assert boxes_from_map(np.zeros((5, 5), np.float32)) == []
-    assert largest.iou((100, 50, 190, 90)) == 1.0 and largest.iou((0, 0, 10, 10)) == 0.0
-    with pytest.raises(InvalidArgumentError):
-        boxes_from_map(heat, threshold=0)
-
-
 def test_overlay_layout_and_channel_order(tiny_nhwc: Path, photo_arrays: dict) -> None:
     result = CamEngine.load(tiny_nhwc, device="cpu").explain(photo_arrays["chelsea"])[0]
     rgb = result.overlay(heatmap_weight=0.4, draw_boxes=False)

@@ -1,58 +1,12 @@
-"""The fast map and box code gives the same results as the straightforward full-image implementation."""
+"""The fast map and preprocessing code gives the same results as the straightforward implementation
+(the fast box code: tests/test_boxes.py)."""
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 
-import cam_runtime.boxes as boxes_module
-from cam_runtime.boxes import boxes_from_map
 from cam_runtime.maps import heatmap_at, normalize, upsample
-
-
-def reference_boxes(heatmap: np.ndarray, threshold: float, all_components: bool) -> list[tuple]:
-    """Labelling of the whole thresholded map with cv2 stats, region means by boolean indexing."""
-    peak = float(heatmap.max())
-    if not peak > 0:
-        return []
-    mask = (heatmap >= threshold * peak).astype(np.uint8)
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    order = np.argsort(-stats[1:, cv2.CC_STAT_AREA], kind="stable") + 1
-    out = []
-    for label in order if all_components else order[:1]:
-        x, y, w, h, area = (int(v) for v in stats[label])
-        region = heatmap[y:y + h, x:x + w][labels[y:y + h, x:x + w] == label]
-        out.append((x, y, x + w, y + h, area, float(region.mean() / peak)))
-    return out
-
-
-def random_maps(seed: int, count: int):
-    rng = np.random.default_rng(seed)
-    for i in range(count):
-        h, w = (int(v) for v in rng.integers(1, 80, 2))
-        kind = i % 3
-        if kind == 0:  # smooth, like an upsampled CAM (touches the borders, has holes)
-            yield cv2.resize(rng.normal(size=(int(rng.integers(1, 8)), int(rng.integers(1, 8)))).astype(np.float32),
-                             (w, h))
-        elif kind == 1:  # isolated pixels: many components with equal areas (tie order matters)
-            yield (rng.random((h, w)) < 0.2).astype(np.float32)
-        else:
-            yield cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (0, 0), 2)
-
-
-@pytest.mark.parametrize("force_contours", [False, True])
-def test_boxes_match_full_labelling(monkeypatch, force_contours):
-    if force_contours:  # the per-component path even for noise-like maps with hundreds of components
-        monkeypatch.setattr(boxes_module, "_MAX_CONTOUR_COMPONENTS", 10**9)
-    for heatmap in random_maps(7, 150):
-        for threshold in (0.2, 0.6, 1.0):
-            for all_components in (False, True):
-                got = [(b.x0, b.y0, b.x1, b.y1, b.area, b.score)
-                       for b in boxes_from_map(heatmap, threshold, all_components)]
-                want = reference_boxes(heatmap, threshold, all_components)
-                assert [g[:5] for g in got] == [r[:5] for r in want]
-                np.testing.assert_allclose([g[5] for g in got], [r[5] for r in want], rtol=1e-5)
 
 
 def test_heatmap_in_place_equals_out_of_place():

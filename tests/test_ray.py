@@ -172,3 +172,27 @@ def test_cli_matches_single_process_cli_and_resumes(cluster: str, inputs: Path, 
     other = camr("explain", "--ray", cluster, inputs, uri, "-o", out, "--skip-existing", "-m", MODEL, "-k", "2",
                  "--method", "layercam", "-b", "8")
     assert other.returncode == 2 and "different run" in other.stderr and "--redo-mismatched" in other.stderr
+
+
+def test_cli_trust_model_graph_reaches_the_actors(cluster: str, tmp_path: Path) -> None:
+    """A graph outside the CNN allowlist (a Loop) is refused in one line; --trust-model-graph loads it on the
+    driver's fail-fast check and in every actor, so the run completes."""
+    pytest.importorskip("onnx", reason="building the Loop graph needs onnx (the evaluate or onnx-import extra)")
+    from test_model_graph import replace_model, tiny_model, with_loop
+
+    from tiny_models import make_tiny_folder
+
+    model = make_tiny_folder(tmp_path / "loop-model")
+    replace_model(model, with_loop(tiny_model()))
+    images = tmp_path / "images"
+    images.mkdir()
+    for source in sorted(IMAGES.glob("*.png"))[:3]:
+        shutil.copy(source, images / source.name)
+    refused = camr("explain", "--ray", cluster, images, "-o", tmp_path / "refused", "-m", model)
+    assert refused.returncode == 2 and "--trust-model-graph" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "refused").exists()
+    out = tmp_path / "trusted"
+    trusted = camr("explain", "--ray", cluster, images, "-o", out, "-m", model, "--trust-model-graph", "-q")
+    assert trusted.returncode == 0, trusted.stderr
+    records = read_records(out, ["status"]).column("status").to_pylist()
+    assert records == ["ok"] * 3

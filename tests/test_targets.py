@@ -146,6 +146,20 @@ def test_class_index_looks_up_ids_and_labels() -> None:
         index.class_id(True)
 
 
+def test_check_classes_is_the_front_ends_one_check() -> None:
+    from cam_runtime.targets import ClassIndex
+
+    index = ClassIndex(["cat", "dog", "fox"])
+    index.check_classes(["cat", 2], 1)  # top_k is not looked at when classes are given
+    index.check_classes(None, 3)
+    with pytest.raises(InvalidArgumentError, match=r"--top-k must be in \[1, 3\], got 4"):
+        index.check_classes(None, 4, "--top-k")
+    with pytest.raises(InvalidArgumentError, match="must not be empty"):
+        index.check_classes([], 1)
+    with pytest.raises(UnknownClassError, match="did you mean 'fox'"):
+        index.check_classes(["cat", "foxx"], 1)
+
+
 def test_target_request_normal_forms() -> None:
     from cam_runtime.targets import ClassIndex, PerImage, TargetRequest
 

@@ -137,7 +137,8 @@ def explain(
         from .ray_cmd import run_ray_explain
 
         raise typer.Exit(run_ray_explain(ray_address, inputs, output, model, options, device=device.value,
-                                         threads=threads, max_pixels=max_pixels, resize=resize, recursive=recursive))
+                                         threads=threads, max_pixels=max_pixels, resize=resize, recursive=recursive,
+                                         trust_graph=trust_model_graph))
     items = collect_inputs(inputs, recursive=recursive, exclude=output, max_pixels=max_pixels)
     engine = load_engine(model, device, threads, max_pixels=max_pixels, resize=resize,
                          run_timeout=run_timeout, trust_graph=trust_model_graph)

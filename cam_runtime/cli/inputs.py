@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import os
 import re
 import sys
 from dataclasses import dataclass
@@ -11,7 +10,8 @@ from pathlib import Path, PurePath
 from typing import BinaryIO
 
 from cam_runtime.errors import InvalidArgumentError
-from cam_runtime.imaging import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, max_file_bytes
+from cam_runtime.image_files import iter_image_files, resolved
+from cam_runtime.imaging import DEFAULT_MAX_PIXELS, max_file_bytes
 
 STDIN = "-"
 
@@ -36,11 +36,6 @@ class InputItem:
     def engine_input(self) -> Path | bytes:
         """What CamEngine.iter_explain receives."""
         return self.data if self.data is not None else self.path  # type: ignore[return-value]
-
-
-def is_image_name(path: str | Path) -> bool:
-    """Whether a file name has an image extension the folder walker picks up."""
-    return str(path).lower().endswith(IMAGE_EXTENSIONS)
 
 
 class StdinTooLargeError(InvalidArgumentError):
@@ -70,32 +65,12 @@ def read_stdin(limit: int, stream: BinaryIO | None = None) -> bytes:
             raise StdinTooLargeError(limit)
 
 
-def _identity(path: Path) -> Path | None:
-    try:
-        return path.resolve()
-    except (OSError, RuntimeError):
-        return None
-
-
 def _walk(folder: Path, recursive: bool, exclude: Path | None = None) -> list[Path]:
     """Image-named entries of ``folder``; the output folder ``exclude`` (resolved) and its overlays are left out."""
-    inside_output = exclude is not None and _identity(folder) == exclude
-
-    def wanted(name: str) -> bool:
-        return is_image_name(name) and not (inside_output and _OUTPUT_NAME.match(name))
-
-    if not recursive:
-        # Like os.walk below: every non-folder entry with an image name, so FIFOs and dangling links get a report line.
-        return sorted(p for p in folder.iterdir() if not p.is_dir() and wanted(p.name))
-    found = []
-    # followlinks=False: a symlinked folder loop cannot hang the walk; symlinked files are still picked up.
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames.sort()
-        if exclude is not None:
-            # The output folder inside an input tree: a rerun must not explain the previous run's overlays.
-            dirnames[:] = [d for d in dirnames if _identity(Path(dirpath) / d) != exclude]
-        found += [Path(dirpath) / name for name in sorted(filenames) if wanted(name)]
-    return found
+    # The output folder inside an input tree: a rerun must not explain the previous run's overlays.
+    inside_output = exclude is not None and resolved(folder) == exclude
+    return [path for path in iter_image_files(folder, recursive=recursive, exclude=exclude)
+            if not (inside_output and _OUTPUT_NAME.match(path.name))]
 
 
 def _glob_root(pattern: str) -> Path:
@@ -116,7 +91,7 @@ def collect_inputs(arguments: list[str], *, recursive: bool = False, stdin: byte
     ``exclude`` is the output folder: folder walks skip it (and, walking the output folder itself, the overlays
     written there). Standard input is read up to the largest file the pixel limit allows.
     """
-    excluded = _identity(exclude) if exclude is not None else None
+    excluded = resolved(exclude) if exclude is not None else None
     items: list[InputItem] = []
     seen: set[str] = set()
     skipped_folders = False

@@ -1,7 +1,8 @@
-"""``camr quantize``: an INT8 (static QDQ) or FP16 copy of a model folder, with a fidelity report."""
+"""``camr quantize``: an INT8 (static QDQ), FP16 or bf16 copy of a model folder, with a fidelity report."""
 
 from __future__ import annotations
 
+import importlib
 import json
 from enum import Enum
 from pathlib import Path
@@ -18,6 +19,7 @@ from .common import (
     TrustGraphOpt,
     err_console,
     handle_errors,
+    needs_extra,
     out_console,
     warn_line,
 )
@@ -28,6 +30,7 @@ class Precision(str, Enum):
 
     int8 = "int8"
     fp16 = "fp16"
+    bf16 = "bf16"
 
 
 class Activation(str, Enum):
@@ -56,7 +59,9 @@ def quantize(
                                                           "(representative inputs; 32-128 is typical).")] = None,
     model: ModelOpt = DEFAULT_MODEL,
     precision: Annotated[Precision, typer.Option("--precision", case_sensitive=False,
-                                                 help="int8 (CPU speed) or fp16 (for GPUs).")] = Precision.int8,
+                                                 help="int8 (CPU speed), fp16 (for GPUs) or bf16 (CPUs with "
+                                                      "AVX512-BF16/AMX, run by OpenVINO: the "
+                                                      "openvino-runtime extra).")] = Precision.int8,
     held_out: Annotated[Path | None, typer.Option("--held-out", help="Folder of other images, not used for "
                                                   "calibration, for the fidelity report.")] = None,
     activation: Annotated[Activation, typer.Option("--activation", case_sensitive=False,
@@ -68,10 +73,13 @@ def quantize(
                                             "from each folder.")] = 64,
     accept_low_fidelity: Annotated[bool, typer.Option("--accept-low-fidelity", help="Write the folder even when "
                                                       "the fidelity report is below the thresholds.")] = False,
-    min_top1: Annotated[float, typer.Option("--min-top1", min=0.0, max=1.0,
-                                            help="Minimum top-1 agreement with float32.")] = 0.9,
-    min_correlation: Annotated[float, typer.Option("--min-correlation", min=-1.0, max=1.0,
-                                                   help="Minimum mean Pearson correlation of the maps.")] = 0.9,
+    min_top1: Annotated[float | None, typer.Option("--min-top1", min=0.0, max=1.0, show_default=False,
+                                                   help="Minimum top-1 agreement with float32 "
+                                                        "(default 0.9; bf16 0.99).")] = None,
+    min_correlation: Annotated[float | None, typer.Option("--min-correlation", min=-1.0, max=1.0,
+                                                          show_default=False,
+                                                          help="Minimum mean Pearson correlation of the maps "
+                                                               "(default 0.9; bf16 0.999).")] = None,
     threads: ThreadsOpt = None,
     trust_model_graph: TrustGraphOpt = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
@@ -80,7 +88,7 @@ def quantize(
                                                        help="New model folder (same as the argument).")] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Write an INT8 or FP16 copy of a model folder and report how closely it follows float32."""
+    """Write an INT8, FP16 or bf16 copy of a model folder and report how closely it follows float32."""
     from cam_runtime.errors import InvalidArgumentError
 
     if output_argument is not None and output_option is not None and output_argument != output_option:
@@ -100,18 +108,25 @@ def quantize(
     _warn_about_sets(calibration, held_out, max_images, precision)
     common: dict[str, Any] = dict(calibration=calibration, held_out=held_out, max_images=max_images,
                                   threads=threads, force=force, accept_low_fidelity=accept_low_fidelity,
-                                  min_top1=min_top1, min_correlation=min_correlation, on_report=show,
-                                  trust_graph=trust_model_graph,
+                                  on_report=show, trust_graph=trust_model_graph,
                                   log=lambda message: None if quiet else log.print(f"[dim]{message}[/dim]"))
+    # Thresholds not given: each precision's own defaults (bf16 is held to a tighter standard).
+    common.update({k: v for k, v in (("min_top1", min_top1), ("min_correlation", min_correlation)) if v is not None})
     if precision is Precision.int8:
         from cam_runtime.derive import quantize_folder
 
         result = quantize_folder(model, output, activation=activation.value, calibrate_method=method.value,
                                  **common)
-    else:
+    elif precision is Precision.fp16:
         from cam_runtime.derive import fp16_folder
 
         result = fp16_folder(model, output, device="auto", **common)
+    else:
+        with needs_extra("--precision bf16", "openvino-runtime", ("openvino",)):
+            importlib.import_module("openvino")  # before any work: the missing package is one line, exit 2
+        from cam_runtime.derive.bf16 import bf16_folder
+
+        result = bf16_folder(model, output, **common)
     if as_json:
         typer.echo(json.dumps({"output": str(output), "precision": precision.value, "details": result.details,
                                "fidelity": {k: v.to_dict() for k, v in result.fidelity.items()}}, indent=2))

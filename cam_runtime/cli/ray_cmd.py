@@ -11,10 +11,11 @@ from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
 from cam_runtime.errors import InvalidArgumentError, OutputExistsError
+from cam_runtime.image_files import is_image_name
 from cam_runtime.jobs.explain_folder import ExplainOptions
 
 from .common import EXIT_OK, EXIT_SOME_FAILED, err_console, warn_line
-from .inputs import collect_inputs, is_image_name
+from .inputs import collect_inputs
 
 _ADDRESS = re.compile(r"^(local|auto|ray://\S+|[\w.\-]+:\d+)$")
 SUMMARY_FILE = "summary.json"
@@ -80,7 +81,8 @@ def _read_run(path: Path) -> object:
 
 
 def run_ray_explain(address: str, inputs: list[str], output: Path, model: Path, options: ExplainOptions, *,
-                    device: str, threads: int | None, max_pixels: int, resize: str | None, recursive: bool) -> int:
+                    device: str, threads: int | None, max_pixels: int, resize: str | None, recursive: bool,
+                    trust_graph: bool = False) -> int:
     """Explain ``inputs`` on a Ray cluster into ``output``; returns the exit code (0, or 1 if some failed)."""
     from cam_runtime.errors import ResumeMismatchError
     from cam_runtime.jobs.explain_folder import identity_difference
@@ -92,7 +94,8 @@ def run_ray_explain(address: str, inputs: list[str], output: Path, model: Path, 
     parse_address(address)
     options.validate()
     model = model.absolute()
-    engine = load_engine(model, "cpu", 1, max_pixels=max_pixels, resize=resize, warmup=False)  # fail fast here
+    engine = load_engine(model, "cpu", 1, max_pixels=max_pixels, resize=resize, warmup=False,  # fail fast here
+                         trust_graph=trust_graph)
     options.check_engine(engine)
     identity = options.identity(engine)
     del engine
@@ -148,7 +151,7 @@ def run_ray_explain(address: str, inputs: list[str], output: Path, model: Path, 
                 batch_size=options.batch_size, device=device, threads=threads or 1, output=layout.root,
                 image_format=options.image_format, alpha=options.alpha, colormap=options.colormap,
                 draw_boxes=options.boxes, box_threshold=options.box_threshold, all_boxes=options.all_boxes,
-                max_pixels=max_pixels, resize=resize, records_dir=layout.root / RECORDS_DIR)
+                max_pixels=max_pixels, resize=resize, records_dir=layout.root / RECORDS_DIR, trust_graph=trust_graph)
             for _ in records.iter_batches(batch_size=None):  # the actors write the records; this drives them
                 pass
         finally:

@@ -100,6 +100,7 @@ class VideoOptions:
 
     def validate(self) -> None:
         """Check the options before a model is loaded or a file written."""
+        from cam_runtime.boxes import check_box_threshold
         from cam_runtime.errors import InvalidArgumentError
         from cam_runtime.methods import get_method
         from cam_runtime.render import colormap_id
@@ -110,8 +111,7 @@ class VideoOptions:
         FrameSelection(self.every, self.start, self.end)
         if self.smooth is not None and not 0.0 < self.smooth <= 1.0:
             raise InvalidArgumentError(f"--smooth must be in (0, 1] (1 = no smoothing), got {self.smooth}")
-        if not 0.0 < self.box_threshold <= 1.0:
-            raise InvalidArgumentError(f"--box-threshold must be in (0, 1], got {self.box_threshold}")
+        check_box_threshold(self.box_threshold, "--box-threshold")
         if self.codec != "auto" and len(self.codec) != 4:
             raise InvalidArgumentError(f"--codec must be auto or a four-character code (avc1, mp4v), got "
                                        f"{self.codec!r}")
@@ -161,13 +161,7 @@ def run_video(engine: CamEngine, source: VideoInput, output: Path, options: Vide
     )
 
     options.validate()
-    if options.classes:
-        for spec in options.classes:
-            engine.class_id(spec)
-    else:
-        from cam_runtime.targets import check_top_k
-
-        check_top_k(options.top_k, engine.num_classes, "--top-k")
+    engine.classes.check_classes(options.classes or None, options.top_k, "--top-k")
     layout = OutputLayout(output)
     layout.check_writable()
     key = _output_key(source)

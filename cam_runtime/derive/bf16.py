@@ -33,14 +33,15 @@ def bf16_folder(source: str | Path | CamEngine, output: str | Path, *, calibrati
                 force: bool = False, accept_low_fidelity: bool = False, min_top1: float = BF16_MIN_TOP1,
                 min_correlation: float = BF16_MIN_CORRELATION, timing_runs: int = 10,
                 on_report: Callable[[dict[str, SetFidelity]], None] | None = None,
-                log: Callable[[str], None] | None = None) -> VariantResult:
+                log: Callable[[str], None] | None = None, trust_graph: bool = False) -> VariantResult:
     """Write a bf16 copy of a model folder, checked against float32 (onnxruntime CPU) on ``calibration``.
 
     Refused (PrecisionNotAvailableError) where OpenVINO does not report native BF16 on this CPU.
     """
     check_output(output, force)
     say = log or (lambda _message: None)
-    engine = source if isinstance(source, CamEngine) else CamEngine.load(source, device="cpu", threads=threads)
+    engine = source if isinstance(source, CamEngine) else CamEngine.load(source, device="cpu", threads=threads,
+                                                                         trust_graph=trust_graph)
     candidate = openvino_engine(engine, "bf16", threads)  # raises first where the CPU has no bf16
     sets = EvaluationSets.load(engine, calibration, held_out, max_images)
     say(f"bf16 on OpenVINO (CPU capabilities: {', '.join(cpu_capabilities())})")

@@ -15,6 +15,7 @@ import numpy.typing as npt
 from ..boxes import boxes_from_map
 from ..engine import CamEngine
 from ..errors import ImageFolderError, InvalidArgumentError
+from ..image_files import iter_image_files
 from ..imaging import IMAGE_EXTENSIONS
 from ..maps import heatmap_at
 from ..methods import weighted_sum
@@ -50,7 +51,7 @@ def image_files(folder: str | Path, limit: int | None = None, what: str = "image
     root = Path(folder)
     if not root.is_dir():
         raise ImageFolderError(root, what)
-    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = [p for p in iter_image_files(root, recursive=False) if p.is_file()]
     if not files:
         raise InvalidArgumentError(f"no images ({', '.join(IMAGE_EXTENSIONS[:4])}, …) in {root}")
     return files[:limit] if limit else files

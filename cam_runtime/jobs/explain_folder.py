@@ -37,7 +37,6 @@ from cam_runtime.report import (
     thumbnail_from_file,
 )
 from cam_runtime.results import ExplainResult, ImageFailure
-from cam_runtime.targets import check_top_k
 
 if TYPE_CHECKING:
     from cam_runtime.engine import CamEngine
@@ -89,6 +88,7 @@ class ExplainOptions:
 
     def validate(self) -> None:
         """Check the options before any model is loaded or file written (idempotent)."""
+        from cam_runtime.boxes import check_box_threshold
         from cam_runtime.methods import get_method
         from cam_runtime.render import colormap_id
 
@@ -99,8 +99,7 @@ class ExplainOptions:
             self.image_format = "jpg"
         if self.image_format not in IMAGE_FORMATS:
             raise InvalidArgumentError(f"--format must be one of {', '.join(IMAGE_FORMATS)}, got {self.image_format!r}")
-        if not 0.0 < self.box_threshold <= 1.0:
-            raise InvalidArgumentError(f"--box-threshold must be in (0, 1], got {self.box_threshold}")
+        check_box_threshold(self.box_threshold, "--box-threshold")
         if self.batch_size < 1:
             raise InvalidArgumentError(f"--batch-size must be ≥ 1, got {self.batch_size}")
         if self.top_k < 1:
@@ -112,10 +111,7 @@ class ExplainOptions:
 
     def check_engine(self, engine: CamEngine) -> None:
         """The classes exist in the model and top-k fits its classes (before anything is written)."""
-        for spec in self.classes or []:
-            engine.class_id(spec)
-        if self.classes is None:
-            check_top_k(self.top_k, engine.num_classes, "--top-k")
+        engine.classes.check_classes(self.classes or None, self.top_k, "--top-k")
 
     @property
     def targets_per_image(self) -> int:

@@ -17,13 +17,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cam_runtime.boxes import check_box_threshold
 from cam_runtime.defaults import BOX_THRESHOLD
 from cam_runtime.engine import CamEngine
 from cam_runtime.errors import InvalidArgumentError, NotReadyError, OverloadedError
 from cam_runtime.imaging import DecodedImage
 from cam_runtime.methods import get_method
 from cam_runtime.results import ExplainResult
-from cam_runtime.targets import check_top_k
 
 BatchObserver = Callable[[int, float], None]
 """Called after each session run with (images in the run, seconds it took)."""
@@ -43,15 +43,8 @@ class ExplainParams:
     def validate(self, engine: CamEngine) -> None:
         """Raise the engine's own errors (unknown method or class, top_k out of range) before any work."""
         get_method(self.method, **({"score": self.score} if self.score != "logit" else {}))
-        if self.classes is not None:
-            if not self.classes:
-                raise InvalidArgumentError("classes must not be empty")
-            for target in self.classes:
-                engine.class_id(target)
-        else:
-            check_top_k(self.top_k, engine.num_classes)
-        if not 0.0 <= self.box_threshold <= 1.0:
-            raise InvalidArgumentError(f"box_threshold must be in [0, 1], got {self.box_threshold}")
+        check_box_threshold(self.box_threshold, "box_threshold")
+        engine.classes.check_classes(self.classes, self.top_k)
 
 
 @dataclass
