@@ -133,3 +133,20 @@ def test_pipeline_feeds_the_rows_it_preprocessed_into(tiny_nhwc: Path, photo_arr
     for result, image in zip(results, images, strict=True):
         alone = CamEngine.explain(engine, image, batch_size=1)[0]
         np.testing.assert_allclose(result.targets[0].raw, alone.targets[0].raw, rtol=1e-5, atol=1e-6)
+
+
+def test_file_reads_take_the_stat_size_then_anything_more(tmp_path: Path) -> None:
+    import sys
+
+    from cam_runtime.errors import ImageReadError
+    from cam_runtime.imaging import read_file_bytes
+
+    photo = tmp_path / "p.jpg"
+    photo.write_bytes(bytes(range(256)) * 40)
+    assert read_file_bytes(photo, 10240) == photo.read_bytes()
+    with pytest.raises(ImageReadError, match="more than the 10239 allowed"):
+        read_file_bytes(photo, 10239)
+    if sys.platform.startswith("linux"):  # procfs: regular files whose stat size is 0, read on to the limit
+        status = Path("/proc/self/status")
+        assert read_file_bytes(status, 1 << 20).startswith(b"Name:")
+        assert len(read_file_bytes(status, 1 << 20)) > 1
