@@ -144,9 +144,17 @@ class InterruptListener:
         self._lock = threading.Lock()
         self._write_fd = -1
         self._main = threading.main_thread().ident
+        if hasattr(os, "register_at_fork"):  # a forked child has no listener thread: it starts its own
+            os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._lock = threading.Lock()
+        self._write_fd = -1
+        self._main = threading.main_thread().ident
 
     def arm(self) -> bool:
-        """Route signals to the listener for one run (main thread only); False where it cannot (use a hop)."""
+        """Route signals to the listener for one run (main thread only; the caller gives the fd back with
+        ``signal.set_wakeup_fd(-1)``); False where it cannot (use the thread hop)."""
         if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
             return False  # the application's own handler decides what Ctrl-C means: leave it in charge
         if self._write_fd < 0 and not self._start():
@@ -155,14 +163,10 @@ class InterruptListener:
             previous = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
         except (ValueError, OSError):
             return False
-        if previous != -1:  # someone else's (an event loop's): give it back, use the thread hop
+        if previous not in (-1, self._write_fd):  # someone else's (an event loop's): give it back, use the hop
             signal.set_wakeup_fd(previous)
             return False
         return True
-
-    def disarm(self) -> None:
-        """Give the wakeup fd back after a run armed with :meth:`arm`."""
-        signal.set_wakeup_fd(-1)
 
     def _start(self) -> bool:
         with self._lock:
@@ -289,7 +293,9 @@ class ModelSession:
             try:
                 return self._guarded(names, batch, extra)
             finally:
-                INTERRUPTS.disarm()
+                # Called directly, not through a Python method: a pending KeyboardInterrupt is raised at the next
+                # Python frame, and must not be raised before the wakeup fd is given back.
+                signal.set_wakeup_fd(-1)
         with self._runner_lock:
             if self._main_runner is None:
                 self._main_runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cam-run")

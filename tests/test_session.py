@@ -218,3 +218,32 @@ def test_batch1_only_graph_is_retried_image_by_image(tiny_nhwc: Path, photo_arra
     for g, w in zip(got, want, strict=True):
         assert isinstance(g, ExplainResult)
         np.testing.assert_allclose(g.targets[0].raw, w.targets[0].raw, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_starts_its_own_interrupt_listener(engine: CamEngine, endless: Any) -> None:
+    from cam_runtime.session import INTERRUPTS
+
+    ModelSession(engine.session, engine.manifest).run(zeros(engine))  # the parent's listener is running
+    assert INTERRUPTS._write_fd >= 0
+    pid = os.fork()
+    if pid == 0:  # the child: Ctrl-C must still stop an endless run inline
+        code = 1
+        try:
+            threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+            try:
+                ModelSession(endless, engine.manifest, run_timeout=None).run(zeros(engine))
+            except KeyboardInterrupt:
+                code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child's run was not stopped by Ctrl-C")
