@@ -2,6 +2,7 @@
 
     python benchmarks/small_models.py                # all four models, ~2-4 min on 2 cores once exported
     python benchmarks/small_models.py --quick --models mobilenetv2 efficientnet-lite1
+    python benchmarks/small_models.py --fixed-costs --models mobilenetv2   # the work around the model alone
 
 Models (created in ``models/`` when missing): MobileNetV2 and EfficientNetB0 (Keras, random weights, exported
 with ``python -m export``), EfficientNet-Lite1 (PyTorch, real ImageNet weights from efficientnet-lite-pytorch,
@@ -189,6 +190,75 @@ def run_section(names: list[str], photos: list[Path], rounds: int, log: Any, out
     return result
 
 
+class StubSession:
+    """Stands in for the onnxruntime session: returns one image's real outputs, repeated, at no model cost."""
+
+    def __init__(self, outputs: list[np.ndarray]) -> None:
+        self.outputs = outputs
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray], options: Any = None) -> list[np.ndarray]:
+        """The stored outputs for a batch of the fed size."""
+        n = len(next(iter(feeds.values())))
+        return [np.repeat(o, n, axis=0) for o in self.outputs]
+
+    def get_providers(self) -> list[str]:
+        """As onnxruntime's CPU session."""
+        return ["CPUExecutionProvider"]
+
+
+def fixed_costs(engine: Any, photo: Path, rounds: int, batch: int = 8) -> dict[str, Any]:
+    """CPU and wall time per image of everything but inference (the session stubbed), batch 1 and ``batch``.
+
+    CPU time (all threads: ``time.process_time``) is the work done, which other jobs on a shared machine
+    inflate far less than wall time; the real session's CPU time per image is measured interleaved, so
+    ``(bare + fixed) / bare`` is the end-to-end ratio this work implies where the model runs alone.
+    """
+    feed = engine.manifest.input.name
+    names = [engine.manifest.outputs.probabilities, engine.manifest.outputs.features]
+    x = engine.preprocessor.tensor(engine.load_image(photo).bgr)[None]
+    real = engine.session
+    stub = StubSession([np.asarray(o) for o in real.run(names, {feed: x})])
+    out: dict[str, Any] = {}
+    for size in (1, batch):
+        stacked, paths = np.concatenate([x] * size), [photo] * size
+        samples: dict[str, list[float]] = {"bare_cpu": [], "bare_wall": [], "explain_cpu": [], "explain_wall": [],
+                                           "overlay_cpu": [], "overlay_wall": []}
+        for i in range(rounds + 3):  # the first three warm up
+            c0, t0 = time.process_time(), time.perf_counter()
+            real.run(names, {feed: stacked})
+            c1, t1 = time.process_time(), time.perf_counter()
+            engine.session = stub
+            try:
+                results = engine.explain(paths, batch_size=size)
+            finally:
+                engine.session = real
+            c2, t2 = time.process_time(), time.perf_counter()
+            for result in results:
+                result.overlay()
+            c3, t3 = time.process_time(), time.perf_counter()
+            if i >= 3:
+                for key, value in (("bare_cpu", c1 - c0), ("bare_wall", t1 - t0), ("explain_cpu", c2 - c1),
+                                   ("explain_wall", t2 - t1), ("overlay_cpu", c3 - c2), ("overlay_wall", t3 - t2)):
+                    samples[key].append(value * 1e3 / size)
+        cell = {key: float(np.median(values)) for key, values in samples.items()}
+        cell["fixed_cpu"] = cell["explain_cpu"] + cell["overlay_cpu"]
+        cell["implied_ratio_cpu"] = (cell["bare_cpu"] + cell["fixed_cpu"]) / cell["bare_cpu"]
+        out[f"batch{size}"] = cell
+    return out
+
+
+def fixed_costs_rows(section: dict[str, Any]) -> list[str]:
+    """The fixed-cost section as a markdown table."""
+    lines = ["| model | batch | bare CPU ms/img | explain CPU (stubbed model) | overlay CPU | fixed CPU total | "
+             "(bare + fixed) / bare, CPU | explain wall | overlay wall |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, model in section.items():
+        for key, cell in model.items():
+            lines.append(f"| {name} | {key[5:]} | {cell['bare_cpu']:.2f} | {cell['explain_cpu']:.3f} | "
+                         f"{cell['overlay_cpu']:.3f} | {cell['fixed_cpu']:.3f} | {cell['implied_ratio_cpu']:.3f}x | "
+                         f"{cell['explain_wall']:.3f} | {cell['overlay_wall']:.3f} |")
+    return lines
+
+
 STAGES = ("decode", "preprocess", "inference", "maps", "overlay", "write")
 
 
@@ -219,6 +289,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer rounds (noisier)")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
+    parser.add_argument("--fixed-costs", action="store_true",
+                        help="only the per-image work around the model (session stubbed), CPU time, on chelsea")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 5, 2 with --quick; ×40 for "
+                        "--fixed-costs)")
+    parser.add_argument("--tag", default="", help="suffix for the results files (e.g. before/after runs)")
     args = parser.parse_args()
     from photos import make_photos
     from run import loadavg, machine_info
@@ -227,19 +302,32 @@ def main() -> None:
         print(f"{dt.datetime.now():%H:%M:%S} {message}", file=sys.stderr, flush=True)
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    photos = make_photos(RESULTS / "photos", 16)
     r: dict[str, Any] = {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                          "command": " ".join(["python", "benchmarks/small_models.py", *sys.argv[1:]]),
                          "machine": machine_info(), "load_start": loadavg()}
-    with tempfile.TemporaryDirectory(prefix="camr-small-") as tmp:
-        r["small_models"] = run_section(args.models, photos, 2 if args.quick else 5, log, Path(tmp))
+    rounds = args.rounds or (2 if args.quick else 5)
+    if args.fixed_costs:
+        from cam_runtime.engine import CamEngine
+
+        photo = chelsea_photo(RESULTS / "chelsea")
+        section = {}
+        for name, folder in ensure_models(args.models, log).items():
+            log(f"{name}: fixed costs ({rounds * 40} rounds)")
+            section[name] = fixed_costs(CamEngine.load(folder, device="cpu"), photo, rounds * 40)
+        r["fixed_costs"] = section
+        rows, prefix, title = fixed_costs_rows(section), "fixed", "Fixed per-image costs"
+    else:
+        photos = make_photos(RESULTS / "photos", 16)
+        with tempfile.TemporaryDirectory(prefix="camr-small-") as tmp:
+            r["small_models"] = run_section(args.models, photos, rounds, log, Path(tmp))
+        rows, prefix, title = markdown_rows(r["small_models"]), "small", "Small models"
     r["load_end"] = loadavg()
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    text = "\n".join([f"# Small models ({r['created']})", "",
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S") + (f"-{args.tag}" if args.tag else "")
+    text = "\n".join([f"# {title} ({r['created']})", "",
                       f"Machine: {r['machine']['cpu']}; load {r['load_start']:.2f} → {r['load_end']:.2f}; "
-                      f"`{r['command']}`", "", *markdown_rows(r["small_models"])]) + "\n"
-    (RESULTS / f"small-{stamp}.json").write_text(json.dumps(r, indent=2, default=float) + "\n")
-    (RESULTS / f"small-{stamp}.md").write_text(text)
+                      f"`{r['command']}`", "", *rows]) + "\n"
+    (RESULTS / f"{prefix}-{stamp}.json").write_text(json.dumps(r, indent=2, default=float) + "\n")
+    (RESULTS / f"{prefix}-{stamp}.md").write_text(text)
     print(text)
 
 

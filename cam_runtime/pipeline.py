@@ -130,13 +130,17 @@ class BatchDecoder:
         if self._carry is not None:
             batch.images.append(self._carry)
             pixels, self._carry = self._carry.pixels, None
-        while not self._done and len(batch) < self._request.batch_size:
+        size = self._request.batch_size
+        # Images are preprocessed straight into the rows of one batch tensor, which then goes to the model as
+        # it is (see Pipeline.infer): no stacking copy. Batch 1 needs no buffer (the tensor gets a batch axis).
+        rows = np.empty((size, *self._preprocessor.shape), np.float32) if size > 1 and not self._done else None
+        while not self._done and len(batch) < size:
             try:
                 position, image = next(self._inputs)
             except StopIteration:
                 self._done = True
                 break
-            item = self._decode(position, image)
+            item = self._decode(position, image, None if rows is None else rows[len(batch.images)])
             if isinstance(item, ImageFailure):
                 batch.failures[position] = item
                 continue
@@ -147,14 +151,15 @@ class BatchDecoder:
             pixels += item.pixels
         return batch if len(batch) else None
 
-    def _decode(self, position: int, image: ImageInput) -> Decoded | ImageFailure:
+    def _decode(self, position: int, image: ImageInput,
+                out: FloatArray | None = None) -> Decoded | ImageFailure:
         source = describe_source(image, position)
         start = time.perf_counter()
         try:
             decoded = self._load(image, source=source, alpha=self._request.alpha_mode,
                                  array_order=self._request.array_order)
             mid = time.perf_counter()
-            tensor = self._preprocessor.tensor(decoded.bgr)
+            tensor = self._preprocessor.tensor(decoded.bgr, out=out)
         except CamError as exc:
             if self._request.raise_errors:
                 raise
@@ -205,8 +210,7 @@ class Pipeline:
 
     def infer(self, batch: Batch, request: ExplainRequest) -> Inferred:
         """Run the model on a batch; a failing batch is retried image by image, bad images become failures."""
-        inputs = (np.stack([d.tensor for d in batch.images]) if batch.images
-                  else np.zeros((0, *self.input_shape), np.float32))
+        inputs = batch_tensor([d.tensor for d in batch.images], self.input_shape)
         start = time.perf_counter()
         try:
             probs, features, maps = self._run(inputs, request.device_k)
@@ -262,13 +266,13 @@ class Pipeline:
         n = len(inferred.batch.images)
         if n == 0:
             return inferred
-        ok: npt.NDArray[np.bool_] = np.asarray(np.isfinite(inferred.probabilities).reshape(n, -1).all(axis=1))
-        if inferred.features is not None:
-            ok &= np.isfinite(inferred.features).reshape(n, -1).all(axis=1)
-        if inferred.device_maps is not None:
-            ok &= np.isfinite(inferred.device_maps.maps).reshape(n, -1).all(axis=1)
-        if ok.all():
+        arrays = [a for a in (inferred.probabilities, inferred.features,
+                              None if inferred.device_maps is None else inferred.device_maps.maps) if a is not None]
+        if all(np.isfinite(a).all() for a in arrays):  # the usual case: one pass per array, no per-row reduction
             return inferred
+        ok: npt.NDArray[np.bool_] = np.ones(n, dtype=bool)
+        for a in arrays:
+            ok &= np.isfinite(a).reshape(n, -1).all(axis=1)
         reason = "the model's outputs for this image are not finite (NaN or inf)"
         if request.raise_errors:
             raise ModelRunError(reason)
@@ -353,6 +357,25 @@ class Pipeline:
                 source=image.source, image=image, method=request.method.name, top_k=top, targets=target_maps,
                 timings_ms={**item.timings, "inference": inferred.inference_ms, "maps": maps_ms})
         return out
+
+
+def batch_tensor(tensors: list[FloatArray], shape: tuple[int, int, int]) -> FloatArray:
+    """The model input [N, *shape] of these image tensors: a view where they already are consecutive rows of
+    one array (or there is one), else a stacked copy."""
+    if not tensors:
+        return np.zeros((0, *shape), np.float32)
+    first = tensors[0]
+    if len(tensors) == 1:
+        return first[None]
+    rows = first.base
+    if (isinstance(rows, np.ndarray) and rows.ndim == first.ndim + 1 and rows.flags.c_contiguous
+            and len(rows) >= len(tensors) and all(t.base is rows for t in tensors)):
+        view = rows[:len(tensors)]
+        row_bytes = first.nbytes
+        start = view.__array_interface__["data"][0]
+        if all(t.__array_interface__["data"][0] == start + i * row_bytes for i, t in enumerate(tensors)):
+            return view
+    return np.stack(tensors)
 
 
 def pixel_cap(budget: int | None, prefetch: bool) -> int | None:

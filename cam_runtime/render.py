@@ -7,6 +7,7 @@ and ``image_weight`` (pytorch-grad-cam's name) the photo's, ``heatmap_weight = 1
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import cast
 
@@ -34,13 +35,32 @@ def colormap_id(name: str) -> int:
 
 def colorize(heatmap: npt.NDArray[np.float32], colormap: str = "jet") -> npt.NDArray[np.uint8]:
     """A [0, 1] map → BGR uint8 colour image."""
+    colormap_code = colormap_id(colormap)
     if heatmap.dtype == np.float32 and heatmap.size and float(heatmap.min()) >= 0.0:
         # One saturating, round-half-to-even pass: the same levels as rint + clip for non-negative maps,
         # ~4x faster at 720p (every video frame pays it). Negative or NaN maps take the NumPy path.
         levels = cast("npt.NDArray[np.uint8]", cv2.convertScaleAbs(heatmap, alpha=255.0))
     else:
         levels = np.clip(np.rint(heatmap * 255.0), 0, 255).astype(np.uint8)
-    return cast("npt.NDArray[np.uint8]", cv2.applyColorMap(levels, colormap_id(colormap)))
+    if levels.ndim != 2 or not levels.size:
+        return cast("npt.NDArray[np.uint8]", cv2.applyColorMap(levels, colormap_code))
+    # cv2.applyColorMap on a gray image is a 256-entry lookup, but it expands the image to three channels
+    # first (~0.3 ms at 450x300); one gather of 4-byte BGRx entries and a BGRA→BGR pass give the same pixels
+    # in about a third of the time.
+    packed = np.take(_packed_colormap(colormap_code), levels)
+    return cast("npt.NDArray[np.uint8]", cv2.cvtColor(packed.view(np.uint8).reshape(*levels.shape, 4),
+                                                      cv2.COLOR_BGRA2BGR))
+
+
+@functools.cache
+def _packed_colormap(colormap_code: int) -> npt.NDArray[np.uint32]:
+    """OpenCV's colours for the 256 levels, each BGR plus a zero byte packed in one uint32 (native order)."""
+    colours = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(256, 1), colormap_code).reshape(256, 3)
+    packed = np.zeros((256, 4), np.uint8)
+    packed[:, :3] = colours
+    table = packed.view(np.uint32).reshape(256)
+    table.flags.writeable = False  # shared by every call
+    return table
 
 
 def overlay_bgr(image_bgr: npt.NDArray[np.uint8], heatmap: npt.NDArray[np.float32], *, alpha: float = 0.5,
@@ -51,8 +71,9 @@ def overlay_bgr(image_bgr: npt.NDArray[np.uint8], heatmap: npt.NDArray[np.float3
         raise InvalidArgumentError(f"alpha must be in [0, 1], got {alpha}")
     if heatmap.shape != image_bgr.shape[:2]:
         raise InvalidArgumentError(f"heatmap shape {heatmap.shape} differs from image shape {image_bgr.shape[:2]}")
-    blended = cast("npt.NDArray[np.uint8]",
-                   cv2.addWeighted(image_bgr, 1.0 - alpha, colorize(heatmap, colormap), alpha, 0.0))
+    colours = colorize(heatmap, colormap)
+    # Blended into the colour image's own buffer: one image-size allocation fewer per overlay.
+    blended = cast("npt.NDArray[np.uint8]", cv2.addWeighted(image_bgr, 1.0 - alpha, colours, alpha, 0.0, dst=colours))
     thickness = max(1, round(max(image_bgr.shape[:2]) / 300))
     for box in boxes:
         cv2.rectangle(blended, (box.x0, box.y0), (box.x1 - 1, box.y1 - 1), box_color, thickness)

@@ -34,8 +34,13 @@ def read_bounded(path: str | Path, limit: int | None) -> bytes:
             raise RefusedFileError(f"file has {info.st_size} bytes, more than the {limit} allowed")
         chunks = []
         remaining = limit + 1 if limit is not None else None
+        # The size fstat gave (+1 to see growth) in one read: a photo costs one system call and one buffer. A file
+        # that grew, or reports no size (procfs), is read on in chunks up to the limit.
+        first = info.st_size + 1 if remaining is None else min(info.st_size + 1, remaining)
         while remaining is None or remaining > 0:
-            chunk = os.read(fd, _CHUNK if remaining is None else min(remaining, _CHUNK))
+            size = first if first else (_CHUNK if remaining is None else min(remaining, _CHUNK))
+            first = 0
+            chunk = os.read(fd, size)
             if not chunk:
                 break
             chunks.append(chunk)

@@ -10,7 +10,10 @@ from __future__ import annotations
 import heapq
 import itertools
 import os
+import signal
+import socket
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -120,14 +123,81 @@ class Watchdog:
                 self._active[key][1].terminate = True
 
 
-def _now() -> float:
-    import time
-
-    return time.monotonic()
+_now = time.monotonic
 
 
 WATCHDOG = Watchdog()
 """The process's watchdog (one thread, started on the first guarded run)."""
+
+
+class InterruptListener:
+    """Stops the main thread's runs on SIGINT while they run inline (no thread hop per run).
+
+    Python runs signal handlers in the main thread between bytecodes, so a KeyboardInterrupt cannot reach a
+    thread inside ``session.run``; but the interpreter's C-level handler writes the signal number to the
+    wakeup fd at once. While armed, that fd is one end of a socket pair whose other end a daemon thread
+    reads: on SIGINT it sets ``terminate`` on the main thread's runs, the run returns, and the interpreter
+    then raises the KeyboardInterrupt as usual.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._write_fd = -1
+        self._main = threading.main_thread().ident
+        if hasattr(os, "register_at_fork"):  # a forked child has no listener thread: it starts its own
+            os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._lock = threading.Lock()
+        self._write_fd = -1
+        self._main = threading.main_thread().ident
+
+    def arm(self) -> bool:
+        """Route signals to the listener for one run (main thread only; the caller gives the fd back with
+        ``signal.set_wakeup_fd(-1)``); False where it cannot (use the thread hop)."""
+        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            return False  # the application's own handler decides what Ctrl-C means: leave it in charge
+        if self._write_fd < 0 and not self._start():
+            return False
+        try:
+            previous = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        except (ValueError, OSError):
+            return False
+        if previous not in (-1, self._write_fd):  # someone else's (an event loop's): give it back, use the hop
+            signal.set_wakeup_fd(previous)
+            return False
+        return True
+
+    def _start(self) -> bool:
+        with self._lock:
+            if self._write_fd >= 0:
+                return True
+            try:
+                reader, writer = socket.socketpair()
+                writer.setblocking(False)
+            except OSError:
+                return False
+            self._sockets = (reader, writer)  # kept alive for the process
+            threading.Thread(target=self._listen, args=(reader,), name="cam-run-interrupts", daemon=True).start()
+            self._write_fd = writer.fileno()
+            return True
+
+    def _listen(self, reader: socket.socket) -> None:
+        while True:
+            try:
+                data = reader.recv(64)
+            except InterruptedError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            if signal.SIGINT in data:
+                WATCHDOG.terminate({self._main} if self._main is not None else None)
+
+
+INTERRUPTS = InterruptListener()
+"""The process's SIGINT listener for inline main-thread runs (its thread starts on the first armed run)."""
 
 
 class ModelSession:
@@ -212,11 +282,20 @@ class ModelSession:
               extra: dict[str, npt.NDArray[Any]] | None = None) -> list[npt.NDArray[Any]]:
         """The named outputs for one batch, through ``session.run`` or IOBinding (same values either way).
 
-        The run is stopped after :attr:`run_timeout` seconds (RunTimeoutError). In the main thread it runs on a
-        helper thread, so that Ctrl-C (KeyboardInterrupt) stops it instead of waiting for it.
+        The run is stopped after :attr:`run_timeout` seconds (RunTimeoutError). In the main thread a Ctrl-C
+        (KeyboardInterrupt) stops it instead of waiting for it: the run goes on inline while
+        :data:`INTERRUPTS` listens for SIGINT, or on a helper thread where the listener cannot be armed (another
+        wakeup fd in use, e.g. asyncio's, or a SIGINT handler of the application's own).
         """
         if threading.current_thread() is not threading.main_thread():
             return self._guarded(names, batch, extra)
+        if INTERRUPTS.arm():
+            try:
+                return self._guarded(names, batch, extra)
+            finally:
+                # Called directly, not through a Python method: a pending KeyboardInterrupt is raised at the next
+                # Python frame, and must not be raised before the wakeup fd is given back.
+                signal.set_wakeup_fd(-1)
         with self._runner_lock:
             if self._main_runner is None:
                 self._main_runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cam-run")

@@ -102,11 +102,74 @@ def test_ctrl_c_stops_a_run_without_a_time_limit(engine: CamEngine, endless: Any
     with pytest.raises(KeyboardInterrupt):
         session.run(zeros(engine))
     assert time.monotonic() - start < 10
-    # The interrupted run was terminated, not left spinning: the helper thread takes the next run at once.
-    fine = ModelSession(engine.session, engine.manifest)
-    fine._main_runner = session._main_runner
-    probs, _ = fine.run(zeros(engine))
+    assert session._main_runner is None  # it ran inline in the main thread, stopped through the SIGINT listener
+    assert signal.set_wakeup_fd(-1) == -1  # and the wakeup fd was given back
+    probs, _ = ModelSession(engine.session, engine.manifest).run(zeros(engine))
     assert probs.shape == (1, engine.num_classes)
+
+
+class RecordingSession:
+    """A session stand-in that records which thread ran each run."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.threads: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray], options: Any = None) -> list[np.ndarray]:
+        self.threads.append(threading.get_ident())
+        return list(self.real.run(names, feeds, options))
+
+
+def test_main_thread_runs_inline_without_a_helper_thread(engine: CamEngine) -> None:
+    recording = RecordingSession(engine.session)
+    session = ModelSession(recording, engine.manifest)
+    session.run(zeros(engine))
+    assert recording.threads == [threading.main_thread().ident]
+    assert session._main_runner is None
+    assert signal.set_wakeup_fd(-1) == -1
+
+
+def test_application_sigint_handler_keeps_the_helper_thread(engine: CamEngine, endless: Any) -> None:
+    calls: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        calls.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        recording = RecordingSession(engine.session)
+        ModelSession(recording, engine.manifest).run(zeros(engine))
+        assert recording.threads and recording.threads[0] != threading.main_thread().ident
+        session = ModelSession(endless, engine.manifest, run_timeout=None)
+        timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+        start = time.monotonic()
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            session.run(zeros(engine))
+        assert time.monotonic() - start < 10 and calls == [signal.SIGINT]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_foreign_wakeup_fd_is_left_alone(engine: CamEngine) -> None:
+    import socket
+
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    previous = signal.set_wakeup_fd(writer.fileno())
+    try:
+        recording = RecordingSession(engine.session)
+        ModelSession(recording, engine.manifest).run(zeros(engine))
+        assert recording.threads and recording.threads[0] != threading.main_thread().ident  # the thread hop
+        assert signal.set_wakeup_fd(writer.fileno()) == writer.fileno()  # still the application's
+    finally:
+        signal.set_wakeup_fd(previous)
+        reader.close()
+        writer.close()
 
 
 def test_explain_over_a_hanging_graph_ends_with_failed_rows(engine: CamEngine, endless: Any,
@@ -155,3 +218,32 @@ def test_batch1_only_graph_is_retried_image_by_image(tiny_nhwc: Path, photo_arra
     for g, w in zip(got, want, strict=True):
         assert isinstance(g, ExplainResult)
         np.testing.assert_allclose(g.targets[0].raw, w.targets[0].raw, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_starts_its_own_interrupt_listener(engine: CamEngine, endless: Any) -> None:
+    from cam_runtime.session import INTERRUPTS
+
+    ModelSession(engine.session, engine.manifest).run(zeros(engine))  # the parent's listener is running
+    assert INTERRUPTS._write_fd >= 0
+    pid = os.fork()
+    if pid == 0:  # the child: Ctrl-C must still stop an endless run inline
+        code = 1
+        try:
+            threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+            try:
+                ModelSession(endless, engine.manifest, run_timeout=None).run(zeros(engine))
+            except KeyboardInterrupt:
+                code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child's run was not stopped by Ctrl-C")
