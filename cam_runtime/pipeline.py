@@ -28,7 +28,7 @@ from .maps import heatmap_at
 from .methods import CamMethod, ForwardRunner, HeadInputs
 from .preprocess import Preprocessor
 from .results import ExplainResult, ImageFailure, Prediction, TargetMap
-from .session import WATCHDOG
+from .session import WATCHDOG, wait_interruptibly
 from .targets import ClassIndex, TargetRequest, top_k_ids
 
 FloatArray = npt.NDArray[np.float32]
@@ -196,7 +196,7 @@ class Pipeline:
                 return None if batch is None else self.infer(batch, request)
 
             pending: Future[Inferred | None] = pool.submit(step)
-            while (inferred := pending.result()) is not None:
+            while (inferred := wait_interruptibly(pending)) is not None:
                 pending = pool.submit(step)
                 yield from self.finish(inferred, request)
         except BaseException:

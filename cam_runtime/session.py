@@ -16,8 +16,9 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -62,6 +63,10 @@ def create_session(ort: Any, model: str | bytes, options: Any, providers: Sequen
     except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
         raise GraphMismatchError(f"onnxruntime cannot load {name}: "
                                  f"{str(exc).strip().splitlines()[0][:300]}") from None
+
+T = TypeVar("T")
+_WAIT_SLICE_S = 0.2
+"""How long the main thread blocks at most before it looks for a pending Ctrl-C."""
 
 
 class Watchdog:
@@ -196,6 +201,20 @@ class InterruptListener:
                 WATCHDOG.terminate({self._main} if self._main is not None else None)
 
 
+def wait_interruptibly(future: Future[T]) -> T:
+    """``future.result()`` that a Ctrl-C always interrupts.
+
+    The kernel may deliver SIGINT to any thread (the main thread only gets first pick when it has no other signal
+    pending); Python then only flags it, and a main thread blocked without a timeout never looks at the flag. A
+    short timed wait returns to the interpreter, which raises the KeyboardInterrupt.
+    """
+    while True:
+        try:
+            return future.result(timeout=_WAIT_SLICE_S)
+        except FutureTimeoutError:
+            continue
+
+
 INTERRUPTS = InterruptListener()
 """The process's SIGINT listener for inline main-thread runs (its thread starts on the first armed run)."""
 
@@ -307,7 +326,7 @@ class ModelSession:
 
         future: Future[list[npt.NDArray[Any]]] = self._main_runner.submit(call)
         try:
-            return future.result()
+            return wait_interruptibly(future)
         except BaseException:
             if not future.done():  # KeyboardInterrupt or SystemExit while the run is in flight
                 WATCHDOG.terminate(runner)

@@ -167,3 +167,22 @@ def test_ctrl_c_stops_a_prefetching_stream(engine: CamEngine, photo_arrays: dict
     with pytest.raises(KeyboardInterrupt):
         list(hanging.iter_explain([photo_arrays["astronaut"]] * 2, batch_size=1, prefetch=True))
     assert time.monotonic() - start < 10
+
+
+def test_a_ctrl_c_flagged_on_another_thread_still_stops_a_prefetching_stream(engine: CamEngine,
+                                                                             photo_arrays: dict) -> None:
+    # The kernel may hand SIGINT to any thread; Python then only flags it for the main thread. Simulated here by
+    # raising the flag from a worker thread with the main thread blocked on the prefetch future.
+    import _thread
+
+    from test_session import endless_loop_model
+
+    endless = create_session(ort, endless_loop_model(engine.manifest, engine.folder.num_channels),
+                             session_options(ort, threads=1), ["CPUExecutionProvider"], "endless.onnx")
+    hanging = CamEngine(engine.folder, endless, run_timeout=None)
+    timer = threading.Timer(0.5, _thread.interrupt_main)
+    start = time.monotonic()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        list(hanging.iter_explain([photo_arrays["astronaut"]] * 2, batch_size=1, prefetch=True))
+    assert time.monotonic() - start < 10
