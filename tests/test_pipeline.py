@@ -155,24 +155,10 @@ def test_device_map_forms_are_declared_by_the_methods() -> None:
     assert all(get_method(m).from_device_cams() is None for m in ("xgradcam", "scorecam", "eigencam"))
 
 
-def test_ctrl_c_stops_a_prefetching_stream(engine: CamEngine, photo_arrays: dict) -> None:
-    from test_session import endless_loop_model
-
-    endless = create_session(ort, endless_loop_model(engine.manifest, engine.folder.num_channels),
-                             session_options(ort, threads=1), ["CPUExecutionProvider"], "endless.onnx")
-    hanging = CamEngine(engine.folder, endless, run_timeout=None)
-    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
-    start = time.monotonic()
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        list(hanging.iter_explain([photo_arrays["astronaut"]] * 2, batch_size=1, prefetch=True))
-    assert time.monotonic() - start < 10
-
-
-def test_a_ctrl_c_flagged_on_another_thread_still_stops_a_prefetching_stream(engine: CamEngine,
-                                                                             photo_arrays: dict) -> None:
-    # The kernel may hand SIGINT to any thread; Python then only flags it for the main thread. Simulated here by
-    # raising the flag from a worker thread with the main thread blocked on the prefetch future.
+@pytest.mark.parametrize("interrupt", ["sigint", "flag_from_another_thread"])
+def test_ctrl_c_stops_a_prefetching_stream(engine: CamEngine, photo_arrays: dict, interrupt: str) -> None:
+    # "flag_from_another_thread": the kernel may hand SIGINT to any thread, and Python then only flags it for the
+    # main thread, which is blocked on the prefetch future (_thread.interrupt_main raises exactly that flag).
     import _thread
 
     from test_session import endless_loop_model
@@ -180,7 +166,8 @@ def test_a_ctrl_c_flagged_on_another_thread_still_stops_a_prefetching_stream(eng
     endless = create_session(ort, endless_loop_model(engine.manifest, engine.folder.num_channels),
                              session_options(ort, threads=1), ["CPUExecutionProvider"], "endless.onnx")
     hanging = CamEngine(engine.folder, endless, run_timeout=None)
-    timer = threading.Timer(0.5, _thread.interrupt_main)
+    send = (lambda: os.kill(os.getpid(), signal.SIGINT)) if interrupt == "sigint" else _thread.interrupt_main
+    timer = threading.Timer(0.5, send)
     start = time.monotonic()
     timer.start()
     with pytest.raises(KeyboardInterrupt):

@@ -70,6 +70,16 @@ def zeros(engine: CamEngine, n: int = 1) -> np.ndarray:
     return np.zeros((n, *engine.model_session.input_shape()), np.float32)
 
 
+
+def ctrl_c_stops(call: Any) -> float:
+    """Send this process SIGINT after 0.5 s, check ``call`` ends with KeyboardInterrupt; the seconds it took."""
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    start = time.monotonic()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        call()
+    return time.monotonic() - start
+
 def test_default_threads_is_the_usable_cores() -> None:
     assert default_threads() == len(os.sched_getaffinity(0))
     assert session_options(ort, threads=3).intra_op_num_threads == 3
@@ -96,12 +106,7 @@ def test_run_timeout_must_be_positive(engine: CamEngine) -> None:
 
 def test_ctrl_c_stops_a_run_without_a_time_limit(engine: CamEngine, endless: Any) -> None:
     session = ModelSession(endless, engine.manifest, run_timeout=None)
-    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
-    start = time.monotonic()
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        session.run(zeros(engine))
-    assert time.monotonic() - start < 10
+    assert ctrl_c_stops(lambda: session.run(zeros(engine))) < 10
     assert session._main_runner is None  # it ran inline in the main thread, stopped through the SIGINT listener
     assert signal.set_wakeup_fd(-1) == -1  # and the wakeup fd was given back
     probs, _ = ModelSession(engine.session, engine.manifest).run(zeros(engine))
@@ -145,12 +150,7 @@ def test_application_sigint_handler_keeps_the_helper_thread(engine: CamEngine, e
         ModelSession(recording, engine.manifest).run(zeros(engine))
         assert recording.threads and recording.threads[0] != threading.main_thread().ident
         session = ModelSession(endless, engine.manifest, run_timeout=None)
-        timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
-        start = time.monotonic()
-        timer.start()
-        with pytest.raises(KeyboardInterrupt):
-            session.run(zeros(engine))
-        assert time.monotonic() - start < 10 and calls == [signal.SIGINT]
+        assert ctrl_c_stops(lambda: session.run(zeros(engine))) < 10 and calls == [signal.SIGINT]
     finally:
         signal.signal(signal.SIGINT, previous)
 
