@@ -70,7 +70,6 @@ def zeros(engine: CamEngine, n: int = 1) -> np.ndarray:
     return np.zeros((n, *engine.model_session.input_shape()), np.float32)
 
 
-
 def ctrl_c_stops(call: Any) -> float:
     """Send this process SIGINT after 0.5 s, check ``call`` ends with KeyboardInterrupt; the seconds it took."""
     timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
